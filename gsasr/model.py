@@ -1,0 +1,310 @@
+"""GSASRModel: one low-resolution image in, the same image at any scale out.
+
+upscale = check inputs -> pad -> encode -> decode to Gaussians -> render on the padded canvas -> crop.
+
+* Padding: the official code reflect-pads the bottom and right edges up to a multiple of both networks' window
+  sizes, which fails when a side is not longer than the pad (about half a window). We pad with the same mirror
+  (reflection without repeating the edge pixel) but keep mirroring for as long as needed, so any side >= 1 pixel
+  works; wherever the official padding works, ours gives the identical input.
+* The output is ``floor(s*H) x floor(s*W)`` for ``scale=s``; ``size=(h, w)`` asks for an exact size. GSASR renders
+  isotropically; for a size whose aspect ratio differs from the input's, the two axes get their own scale and the
+  decoder is conditioned on their geometric mean.
+* Greyscale images are upscaled as grey RGB and averaged back; RGBA images keep their alpha, which is not colour
+  and is resized separately (bicubic, clamped to [0, 1]).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import InvalidInputError
+from .render import render_gaussians
+
+MIN_SCALE_EXCLUSIVE = 1.0   # GSASR is an upscaler; for shrinking use a plain resize
+MAX_SCALE = 32.0            # the paper evaluates up to x30
+MAX_OUTPUT_PIXELS = 2**30   # one gigapixel per image: beyond this a float32 output alone needs > 12 GB
+AMP_MODES = ("off", "auto", "bf16", "fp16")
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class ModelInfo:
+    architecture: str                  # e.g. "EDSR+enhanced"
+    release: str | None = None         # e.g. "EDSR_DF2K" when loaded from a known release
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def mirror_indices(n: int, total: int, device: torch.device | None = None) -> torch.Tensor:
+    """Indices 0..total-1 into a length-n axis, reflected at the ends (period 2(n-1)); all zeros when n == 1.
+
+    For total - n < n this equals ``F.pad(mode="reflect")`` on the bottom/right, as the official code pads.
+    """
+    idx = torch.arange(total, device=device)
+    if n == 1:
+        return torch.zeros_like(idx)
+    period = 2 * (n - 1)
+    idx = idx % period
+    return torch.where(idx < n, idx, period - idx)
+
+
+def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
+    h, w = image.shape[-2:]
+    hp, wp = math.ceil(h / multiple) * multiple, math.ceil(w / multiple) * multiple
+    if (hp, wp) == (h, w):
+        return image
+    rows = mirror_indices(h, hp, image.device)
+    cols = mirror_indices(w, wp, image.device)
+    return image.index_select(-2, rows).index_select(-1, cols)
+
+
+@dataclass(frozen=True)
+class OutputGeometry:
+    out_hw: tuple[int, int]        # the requested output
+    scale_hw: tuple[float, float]  # rendering scale along height and width (equal unless size= forces otherwise)
+
+    @property
+    def condition_scale(self) -> float:
+        """The scale the decoder is told: the isotropic scale, or the geometric mean of the two."""
+        sy, sx = self.scale_hw
+        return sy if sy == sx else math.sqrt(sy * sx)
+
+    def canvas_hw(self, padded_hw: tuple[int, int]) -> tuple[int, int]:
+        return math.floor(self.scale_hw[0] * padded_hw[0]), math.floor(self.scale_hw[1] * padded_hw[1])
+
+
+def check_scale(scale: float) -> float:
+    try:
+        s = float(scale)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"scale must be a number, got {scale!r}.") from None
+    if not math.isfinite(s) or not (MIN_SCALE_EXCLUSIVE < s <= MAX_SCALE):
+        raise InvalidInputError(f"scale must be a finite number above {MIN_SCALE_EXCLUSIVE:g} and at most "
+                                f"{MAX_SCALE:g}, got {scale!r}. To shrink an image use a plain resize.")
+    return s
+
+
+def output_geometry(in_hw: tuple[int, int], scale: float | None = None,
+                    size: tuple[int, int] | None = None) -> OutputGeometry:
+    """Resolve ``scale=s`` (output floor(s*H) x floor(s*W)) or ``size=(h, w)`` into rendering scales."""
+    h, w = in_hw
+    if (scale is None) == (size is None):
+        raise InvalidInputError("Give exactly one of scale=... or size=(height, width).")
+    if scale is not None:
+        s = check_scale(scale)
+        geometry = OutputGeometry((math.floor(s * h), math.floor(s * w)), (s, s))
+    else:
+        try:
+            oh, ow = (int(v) for v in size)  # type: ignore[union-attr]
+        except (TypeError, ValueError):
+            raise InvalidInputError(f"size must be (height, width) in pixels, got {size!r}.") from None
+        if oh < 1 or ow < 1:
+            raise InvalidInputError(f"size must be positive, got {size!r}.")
+        geometry = OutputGeometry((oh, ow), _scales_for_size((h, w), (oh, ow)))
+        for s in geometry.scale_hw:
+            if not (MIN_SCALE_EXCLUSIVE < s <= MAX_SCALE):
+                raise InvalidInputError(
+                    f"size {oh}x{ow} from a {h}x{w} image needs a scale of {s:.4g}; GSASR supports scales above "
+                    f"{MIN_SCALE_EXCLUSIVE:g} and up to {MAX_SCALE:g} on each axis.")
+    if geometry.out_hw[0] * geometry.out_hw[1] > MAX_OUTPUT_PIXELS:
+        raise InvalidInputError(f"The output would be {geometry.out_hw[0]}x{geometry.out_hw[1]} pixels, over the "
+                                f"{MAX_OUTPUT_PIXELS / 2**30:g}-gigapixel limit per image; ask for a smaller scale.")
+    return geometry
+
+
+def _scales_for_size(in_hw: tuple[int, int], out_hw: tuple[int, int]) -> tuple[float, float]:
+    """One scale s with floor(s*H) == h and floor(s*W) == w when one exists (aspect kept), else one per axis."""
+    (h, w), (oh, ow) = in_hw, out_hw
+    lo, hi = max(oh / h, ow / w), min((oh + 1) / h, (ow + 1) / w)
+    s = lo
+    # Step up by ulps until float rounding agrees with the exact floor (a handful of steps at most).
+    for _ in range(8):
+        if math.floor(s * h) >= oh and math.floor(s * w) >= ow:
+            break
+        s = math.nextafter(s, math.inf)
+    if s < hi and math.floor(s * h) == oh and math.floor(s * w) == ow:
+        return s, s
+    return _exact_axis_scale(h, oh), _exact_axis_scale(w, ow)
+
+
+def _exact_axis_scale(n: int, target: int) -> float:
+    s = target / n
+    while math.floor(s * n) < target:
+        s = math.nextafter(s, math.inf)
+    return s
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """``auto``: bf16 on CUDA GPUs that have it, fp16 on older CUDA GPUs and Apple MPS, off on CPU."""
+    if amp not in AMP_MODES:
+        raise InvalidInputError(f"amp must be one of {', '.join(AMP_MODES)}, got {amp!r}.")
+    if amp == "off":
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return None
+
+
+class GSASRModel(nn.Module):
+    """An encoder and a Gaussian decoder, with the official pre- and post-processing around them."""
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, info: ModelInfo):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.info = info
+        self.eval()
+
+    @property
+    def denominator(self) -> int:
+        """LR sides are padded to a multiple of this (the LCM of both networks' window sizes)."""
+        return math.lcm(int(getattr(self.encoder, "window_size", 1)), int(self.decoder.window_size))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def __repr__(self) -> str:
+        name = self.info.release or self.info.architecture
+        return f"GSASRModel({name}, architecture={self.info.architecture}, device={self.device})"
+
+    def to_checkpoint(self):
+        """The weights and provenance as a :class:`loading.Checkpoint` (what ``python -m gsasr convert`` writes)."""
+        from . import __version__
+        from .loading import Checkpoint
+
+        meta = {k: v for k, v in self.info.metadata.items() if k in ("release", "source_revision")}
+        meta.update(architecture=self.info.architecture, written_by=f"gsasr {__version__}")
+        return Checkpoint(self.encoder.state_dict(), self.decoder.state_dict(), meta)
+
+    @torch.inference_mode()
+    def gaussians(self, image: torch.Tensor, scale: float, *, amp: str = "off") -> torch.Tensor:
+        """Raw Gaussian parameters (B, 16*Hp*Wp, 9) for (B, 3, H, W) images, official order and values."""
+        x = pad_to_multiple(image.to(self.device, torch.float32), self.denominator)
+        amp_dtype = resolve_amp(amp, x.device)
+        ctx = (torch.autocast(device_type=x.device.type, dtype=amp_dtype) if amp_dtype is not None
+               else contextlib.nullcontext())
+        with ctx:
+            out = self.decoder(self.encoder(x), scale)
+        return out.float()
+
+    @torch.inference_mode()
+    def upscale(self, image: torch.Tensor, scale: float | None = None, *, size: tuple[int, int] | None = None,
+                clamp: bool = True, amp: str = "off", dmax: float = 0.1, backend: str = "auto",
+                progress: ProgressFn | None = None) -> torch.Tensor:
+        """Upscale (B, C, H, W) float images in [0, 1], C in {1, 3, 4}, by ``scale`` or to ``size=(h, w)``.
+
+        Returns (B, C, h, w) on the input's device in the input's dtype. ``amp`` runs the networks in reduced
+        precision (off, auto, bf16, fp16); rendering always accumulates in float32. ``clamp`` clips to [0, 1]
+        (the raw model output can overshoot). ``progress(done, total)`` is called after each image; raising from it
+        cancels.
+        """
+        _check_image(image)
+        b, c, h, w = image.shape
+        geometry = output_geometry((h, w), scale, size)
+        rgb = image[:, :3] if c >= 3 else image.expand(b, 3, h, w)
+        outs = []
+        for i in range(b):
+            outs.append(self._upscale_one(rgb[i:i + 1], geometry, amp=amp, dmax=dmax, backend=backend))
+            if progress is not None:
+                progress(i + 1, b)
+        out = torch.cat(outs, dim=0)
+        if c == 1:
+            out = out.mean(dim=1, keepdim=True)
+        if clamp:
+            out = out.clamp_(0.0, 1.0)
+        if c == 4:
+            alpha = F.interpolate(image[:, 3:4].float(), size=geometry.out_hw, mode="bicubic", align_corners=False)
+            out = torch.cat([out.to(alpha.device), alpha.clamp_(0.0, 1.0)], dim=1)
+        return out.to(device=image.device, dtype=image.dtype)
+
+    def _upscale_one(self, image: torch.Tensor, geometry: OutputGeometry, *, amp: str, dmax: float,
+                     backend: str) -> torch.Tensor:
+        h, w = image.shape[-2:]
+        hp, wp = (math.ceil(n / self.denominator) * self.denominator for n in (h, w))
+        gaussians = self.gaussians(image, geometry.condition_scale, amp=amp)[0]
+        canvas = geometry.canvas_hw((hp, wp))
+        render_scale = geometry.scale_hw if geometry.scale_hw[0] != geometry.scale_hw[1] else geometry.scale_hw[0]
+        oh, ow = geometry.out_hw
+        sr = render_gaussians(gaussians, render_scale, canvas, dmax=dmax, region=(0, 0, oh, ow), backend=backend)
+        return sr.unsqueeze(0)
+
+
+def _check_image(image: torch.Tensor) -> None:
+    if not isinstance(image, torch.Tensor):
+        raise InvalidInputError(f"image must be a torch.Tensor of shape (B, C, H, W), got {type(image).__name__}.")
+    if image.dim() != 4:
+        raise InvalidInputError(f"image must have shape (B, C, H, W), got {tuple(image.shape)}; add a batch "
+                                f"dimension with image[None] for a single image.")
+    b, c, h, w = image.shape
+    if c not in (1, 3, 4):
+        raise InvalidInputError(f"image must have 1, 3 or 4 channels in dimension 1 (B, C, H, W), got {c}; "
+                                f"a (B, H, W, C) image needs .permute(0, 3, 1, 2).")
+    if b < 1 or h < 1 or w < 1:
+        raise InvalidInputError(f"image is empty: shape {tuple(image.shape)}.")
+    if not image.is_floating_point():
+        raise InvalidInputError(f"image must be floating point in [0, 1], got {image.dtype}; divide 8-bit images "
+                                f"by 255.")
+    if not bool(torch.isfinite(image).all()):
+        raise InvalidInputError("image contains NaN or infinite values.")
+
+
+def load_model(source: str, device: str | torch.device = "cpu", *, models_dir: str | None = None,
+               download: bool = True) -> GSASRModel:
+    """Load a GSASR model from a released name, an official folder, or a single ``.safetensors`` file.
+
+    Released names ("EDSR_DF2K", "HATL_SA1B", ...) are looked up in ``models_dir/<name>/`` and otherwise downloaded
+    from Hugging Face (into ``models_dir``, or the Hugging Face cache when it is None) unless ``download=False``.
+    """
+    from pathlib import Path
+
+    from .errors import ModelNotFoundError
+    from .loading import architecture_name, build_decoder, build_encoder, read_any
+    from .registry import RELEASES, download as download_release, find_release, local_release_folder
+
+    path = Path(str(source)).expanduser()
+    release = None
+    if path.exists():
+        checkpoint = read_any(path)
+    else:
+        release = find_release(str(source))
+        if release is None:
+            raise ModelNotFoundError(f"{source!r} is neither an existing file/folder nor a released model name. "
+                                     f"Released models: {', '.join(RELEASES)}.")
+        folder = local_release_folder(release, models_dir) if models_dir is not None else None
+        if folder is None:
+            if not download:
+                raise ModelNotFoundError(f"{release.name} is not in {models_dir} and downloading is off: put "
+                                         f"encoder.pth and decoder.pth from {release.url} in {models_dir}/{release.name}/.")
+            folder = download_release(release.name, models_dir)
+        checkpoint = read_any(folder)
+        checkpoint.metadata.setdefault("release", release.name)
+    encoder, kind, _ = build_encoder(checkpoint.encoder)
+    decoder, dec_config = build_decoder(checkpoint.decoder)
+    arch = architecture_name(kind.name, dec_config)
+    if release is not None and arch != release.architecture:
+        from .errors import CheckpointError
+
+        raise CheckpointError(f"The files for {release.name} hold a {arch} model, expected {release.architecture}: "
+                              f"they were mixed up with another model's. Replace them with those from {release.url}.")
+    declared = checkpoint.metadata.get("architecture")
+    if declared and declared != arch:
+        from .errors import CheckpointError
+
+        raise CheckpointError(f"{source}: its metadata says {declared} but the weights are {arch}; the file was "
+                              f"edited or mislabelled. Re-convert it with `python -m gsasr convert`.")
+    info = ModelInfo(architecture=arch, release=checkpoint.metadata.get("release"), metadata=dict(checkpoint.metadata))
+    info.metadata["architecture"] = arch
+    return GSASRModel(encoder, decoder, info).to(device)

@@ -1,0 +1,167 @@
+"""The ten released GSASR models: names, where they live on Hugging Face, and how to fetch them.
+
+Weights are downloaded with ``huggingface_hub`` from the authors' repository ``mutou0308/GSASR``. Each release is
+an official pair ``<folder>/encoder.pth`` + ``<folder>/decoder.pth``. After a download both files are read back with
+the safe loader and must hold the expected architecture; a file that does not is deleted, not kept.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CheckpointError, ModelNotFoundError
+
+HF_REPO_ID = "mutou0308/GSASR"
+PARTS = ("encoder", "decoder")
+
+
+@dataclass(frozen=True)
+class Release:
+    name: str             # what users type: "EDSR_DF2K", "HATL_SA1B", "EDSR_paper", ...
+    hf_folder: str        # folder in the Hugging Face repository
+    architecture: str     # what detection must find in the files (see loading.architecture_name)
+    description: str
+
+    @property
+    def hf_files(self) -> tuple[str, str]:
+        # Always forward slashes: the official scripts used os.path.join, which breaks on Windows.
+        return tuple(f"{self.hf_folder}/{part}.pth" for part in PARTS)  # type: ignore[return-value]
+
+    @property
+    def url(self) -> str:
+        return f"https://huggingface.co/{HF_REPO_ID}/tree/main/{self.hf_folder}"
+
+
+_PAPER = "GSASR_paper"
+_ENH = "GSASR_enhenced_ultra"  # (sic) the repository's spelling
+
+RELEASES: dict[str, Release] = {r.name: r for r in (
+    Release("EDSR_paper", f"{_PAPER}/EDSR", "EDSR+paper", "paper model, EDSR-baseline encoder, DIV2K (20 M params)"),
+    Release("RDN_paper", f"{_PAPER}/RDN", "RDN+paper", "paper model, RDN encoder, DIV2K (41 M params)"),
+    Release("SWIN_paper", f"{_PAPER}/SWIN", "SwinIR+paper", "paper model, SwinIR encoder, DIV2K (31 M params)"),
+    Release("EDSR_DIV2K", f"{_ENH}/EDSR_DIV2K", "EDSR+enhanced", "enhanced, EDSR encoder, DIV2K (26 M params)"),
+    Release("EDSR_DF2K", f"{_ENH}/EDSR_DF2K", "EDSR+enhanced", "enhanced, EDSR encoder, DF2K (26 M params)"),
+    Release("RDN_DIV2K", f"{_ENH}/RDN_DIV2K", "RDN+enhanced", "enhanced, RDN encoder, DIV2K (48 M params)"),
+    Release("RDN_DF2K", f"{_ENH}/RDN_DF2K", "RDN+enhanced", "enhanced, RDN encoder, DF2K (48 M params)"),
+    Release("SWIN_DIV2K", f"{_ENH}/SWIN_DIV2K", "SwinIR+enhanced", "enhanced, SwinIR encoder, DIV2K (39 M params)"),
+    Release("SWIN_DF2K", f"{_ENH}/SWIN_DF2K", "SwinIR+enhanced", "enhanced, SwinIR encoder, DF2K (39 M params)"),
+    Release("HATL_SA1B", f"{_ENH}/HATL_SA1B", "HAT+enhanced", "ultra, HAT-L encoder, SA-1B (84 M params, best)"),
+)}
+
+# The official paper script calls its models plainly "EDSR", "RDN", "SWIN"; the demo says "SwinIR_*".
+_ALIASES = {"EDSR": "EDSR_paper", "RDN": "RDN_paper", "SWIN": "SWIN_paper", "SWINIR": "SWIN_paper",
+            "SWINIR_DIV2K": "SWIN_DIV2K", "SWINIR_DF2K": "SWIN_DF2K", "HATL-SA1B": "HATL_SA1B", "HATL": "HATL_SA1B"}
+
+
+def find_release(name: str) -> Release | None:
+    """The release called ``name`` (case-insensitive, official aliases accepted), or None."""
+    key = name.strip()
+    by_upper = {n.upper(): r for n, r in RELEASES.items()}
+    key = _ALIASES.get(key.upper(), key).upper()
+    return by_upper.get(key)
+
+
+def release_names() -> list[str]:
+    return list(RELEASES)
+
+
+def local_release_folder(release: Release, models_dir: str | os.PathLike) -> Path | None:
+    """``models_dir/<name>/`` if it already holds both official files."""
+    folder = Path(models_dir) / release.name
+    return folder if all((folder / f"{p}.pth").is_file() for p in PARTS) else None
+
+
+def download(name: str, models_dir: str | os.PathLike | None = None, *, revision: str | None = None,
+             progress: bool = True) -> Path:
+    """Make a released model available locally and return the folder holding ``encoder.pth`` and ``decoder.pth``.
+
+    Without ``models_dir`` the files stay in the Hugging Face cache (``HF_HOME``). With it, they are downloaded
+    through a cache kept inside ``models_dir`` (``.cache/huggingface``) and linked (or copied, across file systems)
+    to ``models_dir/<name>/``; an existing complete folder is used as it is. Offline, the error says which files
+    to put where.
+    """
+    release = find_release(name)
+    if release is None:
+        raise ModelNotFoundError(f"Unknown GSASR model {name!r}. Released models: {', '.join(RELEASES)}.")
+    if models_dir is not None:
+        existing = local_release_folder(release, models_dir)
+        if existing is not None:
+            return existing
+    cache_dir = None if models_dir is None else Path(models_dir) / ".cache" / "huggingface"
+    fetched = [_hf_fetch(release, f, revision, cache_dir, progress, models_dir) for f in release.hf_files]
+    _verify(release, fetched)
+    if models_dir is None:
+        return Path(fetched[0]).parent
+    target = Path(models_dir) / release.name
+    target.mkdir(parents=True, exist_ok=True)
+    for part, src in zip(PARTS, fetched):
+        _link_or_copy(Path(src), target / f"{part}.pth")
+    return target
+
+
+def _hf_fetch(release: Release, filename: str, revision: str | None, cache_dir: Path | None, progress: bool,
+              models_dir: str | os.PathLike | None) -> str:
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+    except ImportError as exc:  # pragma: no cover - huggingface_hub is a declared dependency
+        raise ModelNotFoundError(f"huggingface_hub is not installed, so {release.name} cannot be downloaded. "
+                                 f"{_manual_instructions(release, models_dir)}") from exc
+    (enable_progress_bars if progress else disable_progress_bars)()
+    try:
+        return hf_hub_download(HF_REPO_ID, filename, revision=revision,
+                               cache_dir=None if cache_dir is None else str(cache_dir))
+    except Exception as exc:  # network, offline mode, missing file, auth: all end the same way for the user
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        raise ModelNotFoundError(f"Could not download {filename} from huggingface.co/{HF_REPO_ID} ({reason}). "
+                                 f"{_manual_instructions(release, models_dir)}") from exc
+
+
+def _manual_instructions(release: Release, models_dir: str | os.PathLike | None) -> str:
+    where = Path(models_dir) / release.name if models_dir is not None else Path("<models folder>") / release.name
+    return (f"To install it by hand, download encoder.pth and decoder.pth from {release.url} and put them in "
+            f"{where}/ (so that {where}/encoder.pth and {where}/decoder.pth exist).")
+
+
+def _verify(release: Release, files: list[str]) -> None:
+    """Read both files back safely and check the architecture; delete what is wrong so it is fetched again."""
+    from .loading import architecture_name, build_decoder, canonical_state_dict, detect_encoder, read_checkpoint
+
+    try:
+        enc = canonical_state_dict(read_checkpoint(files[0])[0], files[0])
+        dec = canonical_state_dict(read_checkpoint(files[1])[0], files[1])
+        kind = detect_encoder(enc)
+        _net, config = build_decoder(dec)
+        found = architecture_name(kind.name, config)
+    except CheckpointError as exc:
+        _remove(files)
+        raise CheckpointError(f"The downloaded {release.name} files failed verification and were deleted: {exc}") from exc
+    if found != release.architecture:
+        _remove(files)
+        raise CheckpointError(f"The downloaded {release.name} files hold a {found} model, expected "
+                              f"{release.architecture}; they were deleted.")
+
+
+def _remove(files: list[str]) -> None:
+    for f in files:
+        real = os.path.realpath(f)
+        for p in {f, real}:
+            try:
+                os.remove(p)
+            except OSError:
+                pass
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link a cached blob into the models folder (no second copy on disk), or copy it; atomic either way."""
+    real = Path(os.path.realpath(src))
+    tmp = dst.with_name(dst.name + ".partial")
+    if tmp.exists():
+        tmp.unlink()
+    try:
+        os.link(real, tmp)
+    except OSError:
+        shutil.copyfile(real, tmp)
+    os.replace(tmp, dst)
