@@ -93,7 +93,7 @@ def _collect_images(paths: list[Path]) -> list[Path]:
 
 def cmd_upscale(args: argparse.Namespace) -> int:
     from . import imageio
-    from .model import load_model
+    from .model import check_scale, load_model
 
     try:
         images = _collect_images(args.images)
@@ -103,6 +103,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     if not images:
         print("error: no image files given", file=sys.stderr)
         return 2
+    if args.scale is not None:
+        check_scale(args.scale)  # before the (slow) model load
     device = args.device or _default_device()
     model = load_model(args.model, device=device, models_dir=str(args.models_dir) if args.models_dir else None)
     print(f"model {model.info.release or model.info.architecture} ({model.info.architecture}) on {device}",

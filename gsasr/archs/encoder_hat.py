@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,16 @@ from torch import nn
 
 from ..errors import CheckpointError, InvalidInputError
 from .blocks import Mlp, add_rope_parameters, apply_rope, rope_phases, window_partition, window_reverse
+
+
+def _nchw(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, C) -> contiguous (B, C, H, W) before a convolution.
+
+    A merely permuted (channels-last) tensor makes PyTorch's CPU convolution take another kernel whose rounding
+    differs from the official model's (~1e-5 at the output); with the copy the CPU float32 output is bitwise
+    identical to the official one.
+    """
+    return x.permute(0, 3, 1, 2).contiguous()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -122,8 +133,8 @@ class HAB(nn.Module):
         _, h, w, _ = x.shape
         shortcut = x
         x = self.norm1(x)
-        # the convolutional branch sees the normalised, unshifted image
-        conv_x = self.conv_block(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        # the convolutional branch sees the normalised, unshifted image (contiguous NCHW: see _nchw)
+        conv_x = self.conv_block(_nchw(x)).permute(0, 2, 3, 1)
 
         s = self.shift_size
         shifted = torch.roll(x, shifts=(-s, -s), dims=(1, 2)) if s else x
@@ -225,8 +236,7 @@ class RHAG(nn.Module):
         self.conv = nn.Conv2d(dim, dim, 3, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.residual_group(x).permute(0, 3, 1, 2)
-        return self.conv(y).permute(0, 2, 3, 1) + x
+        return self.conv(_nchw(self.residual_group(x))).permute(0, 2, 3, 1) + x
 
 
 class PatchEmbedNorm(nn.Module):
@@ -244,28 +254,30 @@ class PatchEmbedNorm(nn.Module):
 
 
 class HATEncoder(nn.Module):
-    """(B, 3, H, W) in [0, 1] -> (B, out_channels, H, W); H and W must be multiples of ``window_size``.
+    """(B, 3, H, W) in [0, 1] -> (B, num_feat, H, W); H and W must be multiples of ``window_size``.
 
     Defaults are the released HATL_SA1B configuration. No mean shift or range scaling is applied (the official
     forward has those lines commented out).
     """
 
-    def __init__(self, in_channels: int = 3, embed_dim: int = 192, depths: Sequence[int] = (6,) * 12,
+    def __init__(self, num_in_ch: int = 3, embed_dim: int = 192, depths: Sequence[int] = (6,) * 12,
                  num_heads: Sequence[int] = (6,) * 12, window_size: int = 16, compress_ratio: int = 3,
                  squeeze_factor: int = 32, conv_scale: float = 0.01, overlap_ratio: float = 0.5,
-                 mlp_ratio: float = 2.0, out_channels: int = 64, rope_theta: float = 10.0):
+                 mlp_ratio: float = 2.0, num_feat: int = 64, rope_theta: float = 10.0):
         super().__init__()
         depths, num_heads = tuple(depths), tuple(num_heads)
         if len(depths) != len(num_heads):
             raise ValueError(f"depths {depths} and num_heads {num_heads} must have one entry per group")
         for heads in num_heads:
-            if embed_dim % heads or (embed_dim // heads) % 2:
-                raise ValueError(f"embed_dim {embed_dim} must split into {heads} heads of even size (RoPE pairs)")
+            # mixed RoPE gives each head head_dim/4 frequencies on x and as many on y, one per channel pair
+            if embed_dim % heads or (embed_dim // heads) % 4:
+                raise ValueError(f"embed_dim {embed_dim} must split into {heads} heads whose size is a multiple "
+                                 "of 4 (mixed RoPE)")
         if embed_dim // compress_ratio < 1 or embed_dim // squeeze_factor < 1:
             raise ValueError(f"embed_dim {embed_dim} is too small for compress_ratio {compress_ratio} "
                              f"and squeeze_factor {squeeze_factor} (a layer would have no channels)")
         self.window_size = window_size
-        self.out_channels = out_channels
+        self.out_channels = num_feat
 
         # Unused by the computation (no relative-position bias); registered only so the official state dict
         # loads strictly. Their values come from the checkpoint; a freshly built model just holds zeros.
@@ -275,18 +287,18 @@ class HATEncoder(nn.Module):
         self.register_buffer("relative_position_index_OCA",
                              torch.zeros(window_size ** 2, overlap_win ** 2, dtype=torch.long))
 
-        self.conv_first = nn.Conv2d(in_channels, embed_dim, 3, 1, 1)
+        self.conv_first = nn.Conv2d(num_in_ch, embed_dim, 3, 1, 1)
         self.patch_embed = PatchEmbedNorm(embed_dim)
         self.layers = nn.ModuleList([
             RHAG(embed_dim, depth=depth, num_heads=heads, window_size=window_size, compress_ratio=compress_ratio,
                  squeeze_factor=squeeze_factor, conv_scale=conv_scale, overlap_ratio=overlap_ratio,
                  mlp_ratio=mlp_ratio, rope_theta=rope_theta)
-            for depth, heads in zip(depths, num_heads)
+            for depth, heads in zip(depths, num_heads, strict=True)
         ])
         self.norm = nn.LayerNorm(embed_dim)
         self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1)
-        # what is left of the official pixel-shuffle upsampler: conv to 64 channels + LeakyReLU (slope 0.01)
-        self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, out_channels, 3, 1, 1),
+        # what is left of the official pixel-shuffle upsampler: conv to num_feat (64) + LeakyReLU (slope 0.01)
+        self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1),
                                                   nn.LeakyReLU(inplace=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -298,7 +310,7 @@ class HATEncoder(nn.Module):
         feat = self.patch_embed(x.permute(0, 2, 3, 1))  # channels-last tokens
         for layer in self.layers:
             feat = layer(feat)
-        feat = self.norm(feat).permute(0, 3, 1, 2)
+        feat = _nchw(self.norm(feat))
         x = self.conv_after_body(feat) + x
         return self.conv_before_upsample(x)
 
@@ -312,7 +324,7 @@ _BLOCK_KEY = re.compile(r"^layers\.(\d+)\.residual_group\.blocks\.(\d+)\.norm1\.
 
 def _require(state_dict: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
     if key not in state_dict:
-        raise CheckpointError(f"not a HAT encoder state dict: missing key '{key}'")
+        raise CheckpointError(f"not a HAT encoder state dict: key '{key}' is missing")
     return state_dict[key]
 
 
@@ -339,26 +351,38 @@ def _isqrt_exact(n: int, what: str) -> int:
     return r
 
 
-def infer_hat_config(state_dict: Mapping[str, torch.Tensor]) -> dict:
-    """Constructor kwargs of :class:`HATEncoder` read from key names and tensor shapes only.
+def infer_hat_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """Constructor kwargs of :class:`HATEncoder` from key names and tensor shapes of an official HATNOUP_ROPE_AMP dict.
 
-    Cannot be inferred (they leave no trace in the weights), so the released values are used:
-    ``conv_scale`` = 0.01 (a plain multiplier in the forward) and ``rope_theta`` (only shapes the initial RoPE
-    frequencies, which the checkpoint overwrites; left at the default). Raises :class:`CheckpointError`
-    (a ``ValueError``) naming the first missing key when the dict is not a HAT encoder.
+    * embed_dim, num_in_ch: conv_first (embed, in, 3, 3); num_feat: conv_before_upsample.0 (num_feat, embed, 3, 3)
+    * depths: block indices per group; num_heads: each group's first rope_freqs, shaped (2, heads, head_dim / 2)
+    * window_size: a HAB's rope_t_x holds ws^2 positions; overlap_ratio: the OCAB's rope_t_x holds ows^2 positions
+      with ows = ws + int(ws * overlap_ratio)
+    * compress_ratio, squeeze_factor: the CAB's first conv has embed // compress_ratio outputs, the channel
+      attention's first conv embed // squeeze_factor (the largest ratio giving that count is returned; any such
+      ratio builds the same layers); mlp_ratio: fc1 rows / embed_dim
+    Not inferable (no trace in the weights), so the release values are used: conv_scale = 0.01 (a plain multiplier
+    of the CAB branch) and rope_theta (only shapes the initial RoPE frequencies, which the checkpoint overwrites;
+    left at its default). Fixed by the architecture: shift = ws // 2 on odd blocks, attention scale head_dim^-0.5,
+    GELU in MLPs and CAB, LayerNorm eps 1e-5, LeakyReLU slope 0.01, '1conv' residual connection, patch size 1.
+    Raises :class:`CheckpointError` (a ValueError) naming the first missing key if this is not a HAT encoder.
     """
-    conv_first = _require(state_dict, "conv_first.weight")
-    embed_dim, in_channels = int(conv_first.shape[0]), int(conv_first.shape[1])
     g0 = "layers.0.residual_group."
-    window_size = _isqrt_exact(_require(state_dict, g0 + "blocks.0.attn.rope_t_x").numel(), "HAB rope_t_x")
-    grid = _isqrt_exact(_require(state_dict, g0 + "overlap_attn.rope_t_x").numel(), "OCAB rope_t_x")
-    # the OCAB grid is max(ws, overlap window) and the overlap window is ws + int(ws * ratio) >= ws
-    overlap_ratio = _float_ratio(grid - window_size, window_size)
-    cab_hidden = int(_require(state_dict, g0 + "blocks.0.conv_block.cab.0.weight").shape[0])
-    squeeze_hidden = int(_require(state_dict, g0 + "blocks.0.conv_block.cab.3.attention.1.weight").shape[0])
-    mlp_hidden = int(_require(state_dict, g0 + "blocks.0.mlp.fc1.weight").shape[0])
-    mlp_ratio = _float_ratio(mlp_hidden, embed_dim)
-    out_channels = int(_require(state_dict, "conv_before_upsample.0.weight").shape[0])
+    for key in ("conv_first.weight", "patch_embed.norm.weight", "layers.0.conv.weight",
+                g0 + "blocks.0.attn.rope_t_x", g0 + "blocks.0.attn.rope_freqs", g0 + "blocks.0.mlp.fc1.weight",
+                g0 + "blocks.0.conv_block.cab.0.weight", g0 + "blocks.0.conv_block.cab.3.attention.1.weight",
+                g0 + "overlap_attn.rope_t_x", "norm.weight", "conv_after_body.weight",
+                "conv_before_upsample.0.weight"):
+        _require(state_dict, key)
+
+    conv_first = state_dict["conv_first.weight"]
+    embed_dim = int(conv_first.shape[0])
+    window_size = _isqrt_exact(state_dict[g0 + "blocks.0.attn.rope_t_x"].numel(), "HAB rope_t_x")
+    # the OCAB grid is max(ws, ows), and ows = ws + int(ws * ratio) >= ws
+    grid = _isqrt_exact(state_dict[g0 + "overlap_attn.rope_t_x"].numel(), "OCAB rope_t_x")
+    cab_hidden = int(state_dict[g0 + "blocks.0.conv_block.cab.0.weight"].shape[0])
+    squeeze_hidden = int(state_dict[g0 + "blocks.0.conv_block.cab.3.attention.1.weight"].shape[0])
+    mlp_hidden = int(state_dict[g0 + "blocks.0.mlp.fc1.weight"].shape[0])
 
     blocks: dict[int, set[int]] = {}
     for key in state_dict:
@@ -368,20 +392,19 @@ def infer_hat_config(state_dict: Mapping[str, torch.Tensor]) -> dict:
     if sorted(blocks) != list(range(len(blocks))) or any(sorted(b) != list(range(len(b))) for b in blocks.values()):
         raise CheckpointError("HAT encoder: groups or blocks are not numbered 0..n-1 in the state dict")
     depths = tuple(len(blocks[i]) for i in range(len(blocks)))
-    # rope_freqs is (2, heads, head_dim / 2) in every block; the first block of each group gives its heads
     num_heads = tuple(int(_require(state_dict, f"layers.{i}.residual_group.blocks.0.attn.rope_freqs").shape[1])
                       for i in range(len(depths)))
 
     return {
-        "in_channels": in_channels,
+        "num_in_ch": int(conv_first.shape[1]),
         "embed_dim": embed_dim,
         "depths": depths,
         "num_heads": num_heads,
         "window_size": window_size,
         "compress_ratio": _ratio_from_channels(embed_dim, cab_hidden, "conv_block.cab.0"),
         "squeeze_factor": _ratio_from_channels(embed_dim, squeeze_hidden, "channel attention"),
-        "conv_scale": 0.01,  # not in the weights; the released value
-        "overlap_ratio": overlap_ratio,
-        "mlp_ratio": mlp_ratio,
-        "out_channels": out_channels,
+        "conv_scale": 0.01,  # not in the weights: the release value
+        "overlap_ratio": _float_ratio(grid - window_size, window_size),
+        "mlp_ratio": _float_ratio(mlp_hidden, embed_dim),
+        "num_feat": int(state_dict["conv_before_upsample.0.weight"].shape[0]),
     }

@@ -12,7 +12,8 @@ Quirks of the release kept here: no upsampler (the decoder consumes the 64-chann
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -126,14 +127,24 @@ class WindowAttention(nn.Module):
         return self.proj(out)
 
 
+# Windows per attention call. CUDA's memory-efficient SDPA kernel puts the batch on a grid axis limited to 65535
+# and fails with "invalid configuration argument" beyond it in older PyTorch (pytorch/pytorch#146704); a 2048 x 2048
+# LR input already has 65536 windows of 8 x 8.
+_MAX_WINDOWS_PER_CALL = 32768
+
+
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(d) + mask) v over (..., heads, N, d); ``mask`` is (heads, N, N), broadcast."""
     if q.numel() == 0:  # an empty group (a single row or column of windows)
         return q
     *lead, heads, n, d = q.shape
     # Fused kernels want 4-D inputs and a mask of the inputs' dtype (under autocast q/k/v are bf16, the mask fp32).
-    out = F.scaled_dot_product_attention(q.reshape(-1, heads, n, d), k.reshape(-1, heads, n, d),
-                                         v.reshape(-1, heads, n, d), attn_mask=mask.to(q.dtype)[None])
+    q, k, v = (t.reshape(-1, heads, n, d) for t in (q, k, v))
+    mask = mask.to(q.dtype)[None]
+    step = _MAX_WINDOWS_PER_CALL
+    chunks = [F.scaled_dot_product_attention(q[i:i + step], k[i:i + step], v[i:i + step], attn_mask=mask)
+              for i in range(0, q.shape[0], step)]
+    out = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
     return out.reshape(*lead, heads, n, d)
 
 
@@ -234,7 +245,7 @@ class SwinIREncoder(nn.Module):
         self.conv_first = nn.Conv2d(num_in_ch, embed_dim, 3, 1, 1)
         self.patch_embed = PatchEmbed(embed_dim)
         self.layers = nn.ModuleList([ResidualSwinGroup(embed_dim, d, h, window_size, mlp_ratio, img_size)
-                                     for d, h in zip(depths, num_heads)])
+                                     for d, h in zip(depths, num_heads, strict=True)])
         self.norm = nn.LayerNorm(embed_dim)
         self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1)
         # Index 0 in a Sequential: the checkpoint key is conv_before_upsample.0.*; slope 0.01 is PyTorch's default.

@@ -1,0 +1,527 @@
+"""The GSASR Gaussian decoder ("Fea2GS"): encoder features + scale -> 16 raw 2-D Gaussians per LR pixel.
+
+Two official forms share one skeleton and differ only in how attention knows where a token sits:
+
+* ``"paper"`` (``GSASR_paper`` checkpoints, class ``Fea2GS``): learned relative-position bias tables.
+* ``"enhanced"`` (``GSASR_enhenced_ultra`` checkpoints, class ``Fea2GS_ROPE_AMP``): mixed 2-D RoPE instead of the
+  bias, plus a 3x3 conv at the end of every block and a ``conv_final`` before the global skip.
+
+Pipeline (spec A.3): one learned query ("Gaussian seed") per LR pixel, arranged in ws x ws windows; condition
+injection blocks let the seeds attend to the projected image features of their window; interaction blocks let
+seeds attend to each other inside (alternately shifted) windows; ``UPNet`` turns each seed into a 4x4 patch of
+tokens; five MLP heads turn every token into [p0, p1, rho, alpha, r, g, b, mean_x, mean_y].
+
+Attribute names follow the official modules one for one, because they are the checkpoint keys; submodules are
+also registered in the official order so ``state_dict()`` lists keys in checkpoint order.
+
+Quirks of the official model that are reproduced on purpose (each is commented where it happens):
+* the "scale cross-attention" attends to identical keys, so it is a per-image constant (computed as such here);
+* shifted layers roll the image features (cross-attention) or the whole seed grid (self-attention) cyclically
+  and apply **no** attention mask, so windows wrap around the image edges;
+* the paper form's cross-attention ``relative_position_index`` cannot be recomputed and is loaded from the
+  checkpoint;
+* the Gaussian means are reference point + raw offset / grid size, with no squashing.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import CheckpointError
+from .blocks import Mlp, add_rope_parameters, apply_rope, rope_phases, window_partition, window_reverse
+
+FORMS = ("paper", "enhanced")
+
+GAUSSIANS_PER_SEED = 16  # UPNet: two PixelShuffle(2) steps, so each seed becomes a 4 x 4 patch of Gaussians
+_UPSAMPLE = 2  # factor of each of the two PixelShuffle steps
+_NUM_PARAMS = 9  # [p0, p1, rho, alpha, r, g, b, mean_x, mean_y]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Layout helpers. Inside the attention blocks tokens live in window layout (B * nW, ws * ws, C), windows ordered
+# row-major over the image and tokens row-major inside a window (the official rearrange order). Convolutions and
+# rolls need image layout.
+# ---------------------------------------------------------------------------------------------------------------
+
+def _add_per_image(x: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+    """x (B * nW, T, C) + vector (B, C), each image's vector added to all of its windows' tokens."""
+    b = vector.shape[0]
+    return (x.unflatten(0, (b, -1)) + vector[:, None, None, :]).flatten(0, 1)
+
+
+def _conv_in_image_layout(conv: nn.Conv2d, x: torch.Tensor, h: int, w: int, window: int) -> torch.Tensor:
+    """Apply a conv to window-layout tokens by going through (B, C, h, w) and back."""
+    image = window_reverse(x, window, h, w).permute(0, 3, 1, 2)
+    out = conv(image).permute(0, 2, 3, 1)
+    return window_partition(out, window)
+
+
+def _swin_relative_position_index(grid: int) -> torch.Tensor:
+    """Standard Swin index (grid^2, grid^2) into a (2 * grid - 1)^2 bias table: (dy + g - 1) * (2g - 1) + dx + g - 1."""
+    ys, xs = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    coords = torch.stack([ys.flatten(), xs.flatten()])  # (2, T)
+    rel = coords[:, :, None] - coords[:, None, :] + (grid - 1)  # (2, T, T), both >= 0
+    return rel[0] * (2 * grid - 1) + rel[1]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Attention modules
+# ---------------------------------------------------------------------------------------------------------------
+
+class ScaleConditionAttention(nn.Module):
+    """The official ``gs_cross_attn_scale`` (an ``nn.MultiheadAttention``), computed in closed form.
+
+    Its keys and values are the same scale embedding repeated for every token, so all attention logits of a query
+    are equal, the softmax is uniform, and the output is ``out_proj(W_v e + b_v)`` whatever the query is. Here that
+    vector is computed once per image; the query/key projections are kept (unused) only so checkpoints load.
+    Parameter names are nn.MultiheadAttention's: ``in_proj_weight`` (3C, C) = [W_q; W_k; W_v], ``in_proj_bias``,
+    ``out_proj``.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
+        self.out_proj = nn.Linear(dim, dim)
+        # nn.MultiheadAttention's own initialisation, for freshly built models
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        """embedding (B, C) -> the attention output (B, C) shared by every query of that image."""
+        value = F.linear(embedding, self.in_proj_weight[2 * self.dim:], self.in_proj_bias[2 * self.dim:])
+        return self.out_proj(value)
+
+
+class WindowAttention(nn.Module):
+    """Multi-head attention between the tokens of one window and a context window of the same size.
+
+    Used as ``window_cross_attn`` (queries = seeds, context = image features) and as ``gs_self_attn``
+    (context = the queries). Position information:
+    * ``"bias"`` (paper): softmax(q k^T / sqrt(d) + table[index]) v, with ``relative_position_bias_table`` and the
+      buffer ``relative_position_index``;
+    * ``"rope"`` (enhanced): q and k rotated by mixed 2-D RoPE, then plain softmax attention (no bias, no mask).
+    """
+
+    # Upper bound on attention logits held at once (elements), so huge images do not materialise every window's
+    # (heads, T, T) score matrix together when the attention backend falls back to the explicit computation.
+    max_logits_per_chunk = 1 << 25
+
+    def __init__(self, dim: int, num_heads: int, window: int, position: str, self_attention: bool,
+                 rope_theta: float = 10.0):
+        super().__init__()
+        if position not in ("bias", "rope"):
+            raise ValueError(f"position must be 'bias' or 'rope', got {position!r}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.tokens = window * window
+        self.position = position
+        if position == "bias":
+            self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
+            nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+            # For self-attention this is the standard Swin index. For the paper's cross-attention the official
+            # constructor enumerates coordinate deltas through a Python ``set`` (unsorted) and combines them as
+            # id(dy) * 22 + id(dx), which collides (max 506): that buffer is only meaningful as loaded from the
+            # checkpoint. A fresh model gets the standard index, a valid placeholder of the same shape and dtype.
+            self.register_buffer("relative_position_index", _swin_relative_position_index(window))
+        else:
+            # rope_freqs (param) and rope_t_x/rope_t_y (buffers): positions (t mod ws, t div ws) in the window
+            add_rope_parameters(self, self.head_dim, num_heads, window, self.tokens, rope_theta)
+        # Official registration order differs between the two uses; keep it so state_dict() order matches.
+        if self_attention:
+            self.proj = nn.Linear(dim, dim)
+        self.qhead = nn.Linear(dim, dim)
+        self.khead = nn.Linear(dim, dim)
+        self.vhead = nn.Linear(dim, dim)
+        if not self_attention:
+            self.proj = nn.Linear(dim, dim)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, T, C) -> (N, heads, T, head_dim)."""
+        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+
+    def forward(self, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """query (N, Tq, C), context (N, Tk, C) -> (N, Tq, C); N = batch * windows."""
+        q = self._split_heads(self.qhead(query))
+        k = self._split_heads(self.khead(context))
+        v = self._split_heads(self.vhead(context))
+        bias = None
+        if self.position == "bias":
+            bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+            bias = bias.view(q.shape[2], k.shape[2], self.num_heads).permute(2, 0, 1).to(q.dtype)
+        else:
+            phases = rope_phases(self.rope_freqs, self.rope_t_x, self.rope_t_y)
+            q, k = apply_rope(q, phases), apply_rope(k, phases)
+        # Default SDPA scale is head_dim^-0.5, the official scale in both forms.
+        out = torch.empty_like(q)
+        step = max(1, self.max_logits_per_chunk // (self.num_heads * q.shape[2] * k.shape[2]))
+        for i in range(0, q.shape[0], step):
+            out[i:i + step] = F.scaled_dot_product_attention(q[i:i + step], k[i:i + step], v[i:i + step],
+                                                             attn_mask=bias)
+        return self.proj(out.transpose(1, 2).flatten(2))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Layers and blocks
+# ---------------------------------------------------------------------------------------------------------------
+
+class CrossAttentionLayer(nn.Module):
+    """Condition injection (official ``WindowCrossAttnLayer``): scale term, MLP, window cross-attention, MLP."""
+
+    def __init__(self, dim: int, num_heads: int, window: int, shift: int, position: str, rope_theta: float):
+        super().__init__()
+        self.shift = shift
+        self.gs_cross_attn_scale = ScaleConditionAttention(dim)
+        # norm1 fed the scale attention's query, which cannot change its output: unused, kept for the checkpoint
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim)
+        self.norm4 = nn.LayerNorm(dim)
+        self.window_cross_attn = WindowAttention(dim, num_heads, window, position, self_attention=False,
+                                                 rope_theta=rope_theta)
+        self.mlp_crossattn_scale = Mlp(dim, dim, dim)
+        self.mlp_crossattn_feature = Mlp(dim, dim, dim)
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, feat_windows: dict[int, torch.Tensor],
+                scale_embedding: torch.Tensor) -> torch.Tensor:
+        x = _add_per_image(x, self.gs_cross_attn_scale(scale_embedding))
+        x = x + self.mlp_crossattn_scale(self.norm2(x))
+        # [QUIRK] On shifted layers only the features are rolled (by -ws/2, cyclically), not the queries, and
+        # there is no mask: seeds of window (m, n) see the pixels of the window displaced by (+ws/2, +ws/2).
+        x = x + self.window_cross_attn(self.norm3(x) + pos, feat_windows[self.shift])
+        return x + self.mlp_crossattn_feature(self.norm4(x))
+
+
+class SelfAttentionLayer(nn.Module):
+    """Gaussian interaction (official ``GSSelfAttnLayer``): scale term, MLP, (shifted) window self-attention, MLP."""
+
+    def __init__(self, dim: int, num_heads: int, window: int, shift: int, position: str, rope_theta: float):
+        super().__init__()
+        self.window = window
+        self.shift = shift
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        # norm3 fed the scale attention's query, which cannot change its output: unused, kept for the checkpoint
+        self.norm3 = nn.LayerNorm(dim)
+        self.norm4 = nn.LayerNorm(dim)
+        self.gs_self_attn = WindowAttention(dim, num_heads, window, position, self_attention=True,
+                                            rope_theta=rope_theta)
+        self.mlp_selfattn = Mlp(dim, dim, dim)
+        self.gs_cross_attn_scale = ScaleConditionAttention(dim)
+        self.mlp_crossattn = Mlp(dim, dim, dim)
+
+    def _roll(self, x: torch.Tensor, shift: int, h: int, w: int) -> torch.Tensor:
+        """Cyclically roll the whole seed grid (not each window) by ``shift`` on both axes."""
+        image = torch.roll(window_reverse(x, self.window, h, w), shifts=(shift, shift), dims=(1, 2))
+        return window_partition(image, self.window)
+
+    def forward(self, x: torch.Tensor, scale_embedding: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        x = _add_per_image(x, self.gs_cross_attn_scale(scale_embedding))
+        x = x + self.mlp_crossattn(self.norm4(x))
+        y = self.norm1(x)
+        # [QUIRK] Shifted layers roll the grid by -ws/2 and back, with no attention mask: tokens that wrapped
+        # around the image edge attend to each other as if they were neighbours.
+        if self.shift:
+            y = self._roll(y, -self.shift, h, w)
+        y = self.gs_self_attn(y, y)
+        if self.shift:
+            y = self._roll(y, self.shift, h, w)
+        x = x + y
+        return x + self.mlp_selfattn(self.norm2(x))
+
+
+def _block_mlp(dim: int) -> nn.Sequential:
+    """Linear-ReLU-Linear as an nn.Sequential (official keys ``mlp.0`` / ``mlp.2``)."""
+    return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
+
+
+class CrossAttentionBlock(nn.Module):
+    """r = x; LN; layers (shift 0, ws/2, 0, ...); MLP; [enhanced: 3x3 conv on the seed grid]; x = r + x."""
+
+    def __init__(self, dim: int, num_heads: int, window: int, num_layers: int, form: str, rope_theta: float):
+        super().__init__()
+        position = "bias" if form == "paper" else "rope"
+        self.window = window
+        self.mlp = _block_mlp(dim)
+        self.norm = nn.LayerNorm(dim)
+        self.blocks = nn.ModuleList([
+            CrossAttentionLayer(dim, num_heads, window, 0 if i % 2 == 0 else window // 2, position, rope_theta)
+            for i in range(num_layers)])
+        self.conv = nn.Conv2d(dim, dim, 3, 1, 1) if form == "enhanced" else None
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, feat_windows: dict[int, torch.Tensor],
+                scale_embedding: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        residual = x
+        x = self.norm(x)
+        for layer in self.blocks:
+            x = layer(x, pos, feat_windows, scale_embedding)
+        x = self.mlp(x)
+        if self.conv is not None:
+            x = _conv_in_image_layout(self.conv, x, h, w, self.window)
+        return residual + x
+
+
+class SelfAttentionBlock(nn.Module):
+    """Same shape as :class:`CrossAttentionBlock`, with self-attention layers."""
+
+    def __init__(self, dim: int, num_heads: int, window: int, num_layers: int, form: str, rope_theta: float):
+        super().__init__()
+        position = "bias" if form == "paper" else "rope"
+        self.window = window
+        self.mlp = _block_mlp(dim)
+        self.norm = nn.LayerNorm(dim)
+        self.blocks = nn.ModuleList([
+            SelfAttentionLayer(dim, num_heads, window, 0 if i % 2 == 0 else window // 2, position, rope_theta)
+            for i in range(num_layers)])
+        self.conv = nn.Conv2d(dim, dim, 3, 1, 1) if form == "enhanced" else None
+
+    def forward(self, x: torch.Tensor, scale_embedding: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        residual = x
+        x = self.norm(x)
+        for layer in self.blocks:
+            x = layer(x, scale_embedding, h, w)
+        x = self.mlp(x)
+        if self.conv is not None:
+            x = _conv_in_image_layout(self.conv, x, h, w, self.window)
+        return residual + x
+
+
+def _gaussian_head(dim: int, out: int) -> nn.Sequential:
+    """Per-token MLP C -> C -> 4C -> out (official keys ``.0``, ``.2``, ``.4``)."""
+    return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 4 * dim), nn.ReLU(), nn.Linear(4 * dim, out))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The decoder
+# ---------------------------------------------------------------------------------------------------------------
+
+class GaussianDecoder(nn.Module):
+    """Encoder features (B, in_channels, h, w) + scale -> raw Gaussians (B, 16 h w, 9).
+
+    h and w must be multiples of ``window_size``. ``scale`` is a Python number or a tensor of shape (B,).
+    The output order per Gaussian is [p0, p1, rho, alpha, r, g, b, mean_x, mean_y] (raw, except that the means
+    already include their reference point), Gaussians row-major over the 4h x 4w grid. The output is float32
+    (also under autocast, like the official final concatenation).
+
+    ``max_gaussians_per_chunk`` bounds how many Gaussians (over the whole batch) go through UPNet and the heads
+    at once; it changes peak memory only, never the result.
+    """
+
+    max_gaussians_per_chunk: int = 1 << 16
+
+    def __init__(self, form: str = "enhanced", in_channels: int = 64, channels: int = 192, num_heads: int = 6,
+                 window_size: int = 12, num_crossattn_blocks: int = 1, num_crossattn_layers: int = 2,
+                 num_selfattn_blocks: int = 6, num_selfattn_layers: int = 6, rope_theta: float = 10.0):
+        super().__init__()
+        if form not in FORMS:
+            raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+        if channels % num_heads:
+            raise ValueError(f"channels ({channels}) must be a multiple of num_heads ({num_heads})")
+        if form == "enhanced" and (channels // num_heads) % 4:
+            raise ValueError(f"the enhanced form's RoPE needs a head dimension divisible by 4, "
+                             f"got {channels // num_heads}")
+        self.form = form
+        self.in_channels = in_channels
+        self.channels = channels
+        self.window_size = window_size
+        seeds = window_size * window_size  # one seed per LR pixel (num_gs_seed = ws^2 in every release)
+
+        self.gs_embedding = nn.Parameter(torch.randn(seeds, channels))
+        # Added to the seeds wherever they are attention queries; only the window cross-attention can see it.
+        self.pos_embedding = nn.Parameter(torch.randn(seeds, channels))
+        self.img_feat_proj = nn.Sequential(
+            nn.Conv2d(in_channels, channels, 3, 1, 1), nn.ReLU(), nn.Conv2d(channels, channels, 3, 1, 1))
+        self.window_crossattn_blocks = nn.ModuleList([
+            CrossAttentionBlock(channels, num_heads, window_size, num_crossattn_layers, form, rope_theta)
+            for _ in range(num_crossattn_blocks)])
+        self.gs_selfattn_blocks = nn.ModuleList([
+            SelfAttentionBlock(channels, num_heads, window_size, num_selfattn_layers, form, rope_theta)
+            for _ in range(num_selfattn_blocks)])
+        self.mlp_block_sigma = _gaussian_head(channels, 2)
+        self.mlp_block_rho = _gaussian_head(channels, 1)
+        self.mlp_block_alpha = _gaussian_head(channels, 1)
+        self.mlp_block_rgb = _gaussian_head(channels, 3)
+        self.mlp_block_mean = _gaussian_head(channels, 2)
+        self.scale_mlp = nn.Sequential(nn.Linear(1, 4 * channels), nn.ReLU(), nn.Linear(4 * channels, channels))
+        self.UPNet = nn.Sequential(
+            nn.Conv2d(channels, channels * _UPSAMPLE ** 2, 3, 1, 1), nn.PixelShuffle(_UPSAMPLE),
+            nn.Conv2d(channels, channels * _UPSAMPLE ** 2, 3, 1, 1), nn.PixelShuffle(_UPSAMPLE))
+        self.conv_final = nn.Conv2d(channels, channels, 3, 1, 1) if form == "enhanced" else None
+
+    # -- forward ------------------------------------------------------------------------------------------------
+
+    def _scale_embedding(self, scale: float | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+        """scale_mlp(1 / s), (B, C). 1/s is taken in float32 (the official scripts pass a float32 tensor), or in
+        float64 for a float64 model, then handed to scale_mlp in its parameter dtype."""
+        weight_dtype = self.scale_mlp[0].weight.dtype
+        s = torch.as_tensor(scale, dtype=torch.promote_types(torch.float32, weight_dtype), device=device)
+        if s.ndim == 0:
+            s = s.expand(batch)
+        if s.shape != (batch,):
+            raise ValueError(f"scale must be a number or a tensor of shape ({batch},), got shape {tuple(s.shape)}")
+        return self.scale_mlp((1.0 / s)[:, None].to(weight_dtype))
+
+    def forward(self, feat: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+        b, _, h, w = feat.shape
+        ws = self.window_size
+        if h % ws or w % ws:
+            raise ValueError(f"feature size {h}x{w} must be a multiple of the decoder window ({ws}); pad the input")
+        windows = (h // ws) * (w // ws)
+        scale_embedding = self._scale_embedding(scale, b, feat.device)
+
+        # Image features in window layout, unshifted and rolled by -ws/2 (shared by all cross-attention layers).
+        image = self.img_feat_proj(feat).permute(0, 2, 3, 1)
+        feat_windows = {0: window_partition(image, ws)}
+        if any(layer.shift for block in self.window_crossattn_blocks for layer in block.blocks):
+            feat_windows[ws // 2] = window_partition(torch.roll(image, (-(ws // 2), -(ws // 2)), (1, 2)), ws)
+
+        # Every window starts from the same learned seeds.
+        x = self.gs_embedding.expand(b * windows, -1, -1)
+        for block in self.window_crossattn_blocks:
+            x = block(x, self.pos_embedding, feat_windows, scale_embedding, h, w)
+        del feat_windows, image
+
+        residual = x
+        for block in self.gs_selfattn_blocks:
+            x = block(x, scale_embedding, h, w)
+        if self.conv_final is None:  # paper: skip, then to image layout
+            grid = window_reverse(x + residual, ws, h, w).permute(0, 3, 1, 2)
+        else:  # enhanced: to image layout, conv_final, then skip
+            grid = self.conv_final(window_reverse(x, ws, h, w).permute(0, 3, 1, 2))
+            grid = grid + window_reverse(residual, ws, h, w).permute(0, 3, 1, 2)
+        del x, residual
+        return self._gaussians(grid)
+
+    # -- UPNet and heads, in strips of LR rows ------------------------------------------------------------------
+
+    def _upsample_rows(self, grid: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
+        """UPNet applied to seed rows [r0, r1) only: (B, C, 4 (r1 - r0), 4 w), equal to slicing the full output.
+
+        Each 3x3 conv needs one row of context on either side, at its own resolution; rows outside the grid are
+        the zero padding the full conv would have used.
+        """
+        conv1, conv2 = self.UPNet[0], self.UPNet[2]
+        h = grid.shape[2]
+        a, b = max(r0 - 1, 0), min(r1 + 1, h)  # coarse rows of conv1's output needed by conv2
+        src = grid[:, :, max(a - 1, 0):min(b + 1, h)]
+        src = F.pad(src, (0, 0, int(a == 0), int(b == h)))
+        y = F.pixel_shuffle(F.conv2d(src, conv1.weight, conv1.bias, padding=(0, 1)), _UPSAMPLE)  # fine rows [2a, 2b)
+        lo, hi = max(2 * r0 - 1, 0), min(2 * r1 + 1, 2 * h)  # fine rows conv2 needs
+        y = F.pad(y[:, :, lo - 2 * a:hi - 2 * a], (0, 0, int(r0 == 0), int(r1 == h)))
+        return F.pixel_shuffle(F.conv2d(y, conv2.weight, conv2.bias, padding=(0, 1)), _UPSAMPLE)
+
+    def _gaussians(self, grid: torch.Tensor) -> torch.Tensor:
+        """Seed grid (B, C, h, w) -> (B, 16 h w, 9), processed in strips of rows to bound peak memory."""
+        b, _, h, w = grid.shape
+        gh, gw = _UPSAMPLE ** 2 * h, _UPSAMPLE ** 2 * w  # the Gaussian grid
+        # Reference points: cell centres of the Gaussian grid in [0, 1], made exactly like the official code
+        # (float32 linspace from step/2 to 1 - step/2) so the means match bit for bit.
+        ref_x = torch.linspace(0.5 / gw, 1 - 0.5 / gw, gw, dtype=torch.float32, device=grid.device)
+        ref_y = torch.linspace(0.5 / gh, 1 - 0.5 / gh, gh, dtype=torch.float32, device=grid.device)
+        grid_size = torch.tensor([gw, gh], dtype=torch.float32, device=grid.device)
+        out_dtype = torch.promote_types(torch.float32, self.gs_embedding.dtype)
+        out = torch.empty(b, gh * gw, _NUM_PARAMS, dtype=out_dtype, device=grid.device)
+
+        rows = max(1, self.max_gaussians_per_chunk // (b * GAUSSIANS_PER_SEED * w))
+        for r0 in range(0, h, rows):
+            r1 = min(r0 + rows, h)
+            tokens = self._upsample_rows(grid, r0, r1).permute(0, 2, 3, 1).flatten(1, 2)  # (B, n, C) row-major
+            # Raw offsets are in Gaussian-grid cells; divided in float32 (the official divides by an integer
+            # tensor, which is the same in float32 and more accurate than its bf16 arithmetic under autocast).
+            offset = self.mlp_block_mean(tokens).float() / grid_size
+            ref = torch.stack(torch.meshgrid(ref_y[4 * r0:4 * r1], ref_x, indexing="ij")[::-1], -1).flatten(0, 1)
+            out[:, 4 * r0 * gw:4 * r1 * gw] = torch.cat([
+                self.mlp_block_sigma(tokens).to(out_dtype),
+                self.mlp_block_rho(tokens).to(out_dtype),
+                self.mlp_block_alpha(tokens).to(out_dtype),
+                self.mlp_block_rgb(tokens).to(out_dtype),
+                (offset + ref).to(out_dtype),  # [QUIRK] no squashing: means may leave [0, 1]
+            ], dim=-1)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hyperparameters from a state dict
+# ---------------------------------------------------------------------------------------------------------------
+
+def _count(state_dict: Mapping[str, torch.Tensor], pattern: str) -> int:
+    """Number of distinct integers i for which some key matches ``pattern`` (a regex with one group)."""
+    rx = re.compile(pattern)
+    found = {int(m.group(1)) for key in state_dict if (m := rx.fullmatch(key))}
+    return len(found)
+
+
+def infer_decoder_config(state_dict: Mapping[str, torch.Tensor]) -> dict:
+    """Constructor kwargs for :class:`GaussianDecoder` from an official decoder state dict (key names and shapes).
+
+    What cannot be read from a checkpoint: ``rope_theta`` (only shapes the random initial RoPE frequencies, which
+    the checkpoint overwrites), so the default is kept. ``num_heads`` is not visible in linear-layer shapes, but the
+    bias tables (paper, second dim) and ``rope_freqs`` (enhanced, (2, heads, head_dim / 2)) carry it.
+    Raises :class:`~gsasr.errors.CheckpointError` (a ValueError) naming the key that is missing or odd.
+    """
+    def need(key: str, ndim: int) -> torch.Tensor:
+        if key not in state_dict:
+            raise CheckpointError(f"not a GSASR decoder state dict: key {key!r} is missing")
+        value = state_dict[key]
+        if value.ndim != ndim:
+            raise CheckpointError(f"not a GSASR decoder state dict: {key!r} has shape {tuple(value.shape)}, "
+                                  f"expected {ndim} dimensions")
+        return value
+
+    seeds, channels = need("gs_embedding", 2).shape
+    window = math.isqrt(seeds)
+    if window * window != seeds:
+        raise CheckpointError(f"'gs_embedding' has {seeds} seeds per window, not a square number")
+    proj = need("img_feat_proj.0.weight", 4)
+    if proj.shape[0] != channels:
+        raise CheckpointError(f"'img_feat_proj.0.weight' has {proj.shape[0]} output channels, "
+                              f"but 'gs_embedding' has {channels}")
+
+    cross_blocks = _count(state_dict, r"window_crossattn_blocks\.(\d+)\.norm\.weight")
+    cross_layers = _count(state_dict, r"window_crossattn_blocks\.0\.blocks\.(\d+)\.norm2\.weight")
+    self_blocks = _count(state_dict, r"gs_selfattn_blocks\.(\d+)\.norm\.weight")
+    self_layers = _count(state_dict, r"gs_selfattn_blocks\.0\.blocks\.(\d+)\.norm1\.weight")
+    for name, value in (("window_crossattn_blocks.<i>.norm.weight", cross_blocks),
+                        ("window_crossattn_blocks.0.blocks.<i>.norm2.weight", cross_layers),
+                        ("gs_selfattn_blocks.<i>.norm.weight", self_blocks),
+                        ("gs_selfattn_blocks.0.blocks.<i>.norm1.weight", self_layers)):
+        if value == 0:
+            raise CheckpointError(f"not a GSASR decoder state dict: no key matches {name!r}")
+
+    attn = "window_crossattn_blocks.0.blocks.0.window_cross_attn."
+    if attn + "rope_freqs" in state_dict:
+        form = "enhanced"
+        freqs = need(attn + "rope_freqs", 3)
+        heads = freqs.shape[1]
+        if freqs.shape[0] != 2 or channels != heads * 2 * freqs.shape[2]:
+            raise CheckpointError(f"{attn + 'rope_freqs'!r} has shape {tuple(freqs.shape)}, expected "
+                                  f"(2, heads, channels / heads / 2) with channels = {channels}")
+        positions = need(attn + "rope_t_x", 1).shape[0]
+        if positions != seeds:
+            raise CheckpointError(f"{attn + 'rope_t_x'!r} has {positions} positions, expected {seeds} "
+                                  f"(one per seed of a {window}x{window} window)")
+        need("conv_final.weight", 4)
+    elif attn + "relative_position_bias_table" in state_dict:
+        form = "paper"
+        heads = need(attn + "relative_position_bias_table", 2).shape[1]
+        index = need(attn + "relative_position_index", 2)
+        if tuple(index.shape) != (seeds, seeds):
+            # The official code allows a seed grid different from the pixel window; no release uses it.
+            raise CheckpointError(f"{attn + 'relative_position_index'!r} has shape {tuple(index.shape)}, expected "
+                                  f"({seeds}, {seeds}): seed grid and window must coincide")
+        if channels % heads:
+            raise CheckpointError(f"{attn + 'relative_position_bias_table'!r} gives {heads} heads, "
+                                  f"which does not divide {channels} channels")
+    else:
+        raise CheckpointError(f"not a GSASR decoder state dict: neither {attn + 'rope_freqs'!r} (enhanced) nor "
+                              f"{attn + 'relative_position_bias_table'!r} (paper) is present")
+
+    return dict(form=form, in_channels=int(proj.shape[1]), channels=int(channels), num_heads=int(heads),
+                window_size=int(window), num_crossattn_blocks=cross_blocks, num_crossattn_layers=cross_layers,
+                num_selfattn_blocks=self_blocks, num_selfattn_layers=self_layers)

@@ -1,0 +1,194 @@
+"""Rendering GSASR Gaussians into an image: the one dispatch point (checks, dtype policy, backend choice).
+
+Backends:
+
+* ``"torch"``: :mod:`gsasr.render.reference`, pure PyTorch, any device; the specification.
+* ``"cpu"`` and ``"cuda"``: the compiled kernels of the module ``gsasr.render._native`` (built by
+  ``python install.py``), imported lazily on first use, never at import time.
+* ``"auto"`` (default): the fastest backend available for the Gaussians' device, falling back to ``"torch"``.
+
+The environment variable ``GSASR_RASTERIZER`` (torch, cpu, cuda or auto) forces a backend when the caller leaves
+``backend="auto"``; an explicit ``backend=`` argument wins over it.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+import os
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+from ..errors import BackendUnavailableError, InvalidInputError
+from . import reference
+from .reference import DEFAULT_DMAX, SIGMA_CUTOFF, GaussianTerms, gaussian_terms
+
+__all__ = ["render_gaussians", "available_backends", "active_backend", "BACKENDS", "ENV_VAR", "DEFAULT_DMAX",
+           "SIGMA_CUTOFF", "GaussianTerms", "gaussian_terms"]
+
+BACKENDS: tuple[str, ...] = ("torch", "cpu", "cuda")
+ENV_VAR = "GSASR_RASTERIZER"
+_NOT_BUILT = "the native rasteriser is not built; run `python install.py` in the ComfyUI-GSASR folder"
+
+# (module, None) once the compiled module imported, (None, reason) once it failed; None before the first try.
+_native_cache: tuple[ModuleType | None, str | None] | None = None
+
+
+def _native() -> tuple[ModuleType | None, str | None]:
+    """The compiled module, or the reason it cannot be used. Tried once per process, on first need."""
+    global _native_cache
+    if _native_cache is None:
+        try:
+            _native_cache = (importlib.import_module(f"{__name__}._native"), None)
+        except ModuleNotFoundError as exc:
+            # Only "our module is absent" means "not built"; a missing dependency inside it is another story.
+            missing_ours = exc.name is not None and exc.name.endswith("_native")
+            _native_cache = (None, _NOT_BUILT if missing_ours else f"the native rasteriser failed to import: {exc}")
+        except (ImportError, OSError) as exc:  # built, but against another torch/CUDA, or a broken library
+            _native_cache = (None, f"the native rasteriser failed to load ({exc}); rebuild it with "
+                                   f"`python install.py`")
+    return _native_cache
+
+
+def available_backends() -> dict[str, str | None]:
+    """Each backend name -> None when it can be used in this process, else the reason it cannot."""
+    module, reason = _native()
+    status: dict[str, str | None] = {"torch": None}
+    status["cpu"] = reason
+    if module is None:
+        status["cuda"] = reason
+    elif not bool(getattr(module, "has_cuda", lambda: False)()):
+        status["cuda"] = "the native rasteriser was built without CUDA (no nvcc at build time)"
+    elif not torch.cuda.is_available():
+        status["cuda"] = "PyTorch sees no CUDA device"
+    else:
+        status["cuda"] = None
+    return status
+
+
+def _requested(backend: str) -> str:
+    """The backend asked for: the argument, or ``GSASR_RASTERIZER`` when the argument is "auto"."""
+    name = str(backend).strip().lower()
+    if name not in BACKENDS + ("auto",):
+        raise InvalidInputError(f"backend must be one of auto, {', '.join(BACKENDS)}; got {backend!r}.")
+    if name == "auto":
+        env = os.environ.get(ENV_VAR, "").strip().lower()
+        if env and env not in BACKENDS + ("auto",):
+            raise InvalidInputError(f"{ENV_VAR}={os.environ[ENV_VAR]!r} is not one of auto, {', '.join(BACKENDS)}; "
+                                    f"fix or unset it.")
+        name = env or "auto"
+    return name
+
+
+def _device_backend(device: torch.device) -> str:
+    """The compiled backend that serves tensors on ``device`` (the torch backend serves every device)."""
+    return "cuda" if device.type == "cuda" else "cpu" if device.type == "cpu" else "torch"
+
+
+def active_backend(device: torch.device | str) -> str:
+    """The backend ``backend="auto"`` uses for Gaussians on ``device`` (``GSASR_RASTERIZER`` included)."""
+    device = torch.device(device)
+    name = _requested("auto")
+    if name != "auto":
+        return name
+    native = _device_backend(device)
+    return native if native != "torch" and available_backends()[native] is None else "torch"
+
+
+def _resolve(backend: str, device: torch.device) -> str:
+    name = _requested(backend)
+    if name == "auto":
+        return active_backend(device)
+    if name == "torch":
+        return name
+    reason = available_backends()[name]
+    if reason is None and _device_backend(device) != name:
+        reason = f"the {name} backend renders {name.upper()} tensors, but the Gaussians are on {device}"
+    if reason is not None:
+        raise BackendUnavailableError(f"rasteriser backend {name!r} is unavailable: {reason}. Use backend='torch' "
+                                      f"or 'auto' to render with the PyTorch reference.")
+    return name
+
+
+def _check_inputs(gaussians: Tensor, scale: float | tuple[float, float], canvas_hw: tuple[int, int],
+                  dmax: float, region: tuple[int, int, int, int] | None
+                  ) -> tuple[tuple[float, float], tuple[int, int], tuple[int, int, int, int]]:
+    if not isinstance(gaussians, Tensor):
+        raise InvalidInputError(f"gaussians must be a torch.Tensor of shape (N, 9), got {type(gaussians).__name__}.")
+    if gaussians.dim() != 2 or gaussians.shape[1] != 9:
+        raise InvalidInputError(f"gaussians must have shape (N, 9) (one image's raw decoder output, order "
+                                f"[p0, p1, rho, alpha, r, g, b, mean_x, mean_y]), got {tuple(gaussians.shape)}; "
+                                f"render a batch one image at a time.")
+    if not gaussians.is_floating_point():
+        raise InvalidInputError(f"gaussians must be floating point, got {gaussians.dtype}.")
+    if gaussians.numel() and not bool(torch.isfinite(gaussians).all()):
+        raise InvalidInputError("gaussians contain NaN or infinite values; the decoder output is broken (try "
+                                "amp='off' if it ran in reduced precision).")
+    try:
+        scales = reference.scale_pair(scale)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"scale must be a number or a (scale_h, scale_w) pair, got {scale!r}.") from None
+    if not all(math.isfinite(s) and s > 0 for s in scales):
+        raise InvalidInputError(f"scale must be finite and positive, got {scale!r}.")
+    try:
+        canvas_h, canvas_w = (int(n) for n in canvas_hw)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"canvas_hw must be (height, width), got {canvas_hw!r}.") from None
+    if canvas_h < 1 or canvas_w < 1:
+        raise InvalidInputError(f"canvas_hw must be positive, got {canvas_hw!r}.")
+    if not (isinstance(dmax, (int, float)) and math.isfinite(dmax) and dmax >= 0):
+        raise InvalidInputError(f"dmax must be a finite number >= 0 (normalised window half-width), got {dmax!r}.")
+    if region is None:
+        box = (0, 0, canvas_h, canvas_w)
+    else:
+        try:
+            box = tuple(int(v) for v in region)
+        except (TypeError, ValueError):
+            raise InvalidInputError(f"region must be (y0, x0, height, width), got {region!r}.") from None
+        if len(box) != 4:
+            raise InvalidInputError(f"region must be (y0, x0, height, width), got {region!r}.")
+        y0, x0, h, w = box
+        if h < 1 or w < 1 or y0 < 0 or x0 < 0 or y0 + h > canvas_h or x0 + w > canvas_w:
+            raise InvalidInputError(f"region {region!r} (y0, x0, height, width) must be non-empty and inside the "
+                                    f"{canvas_h}x{canvas_w} canvas.")
+    return scales, (canvas_h, canvas_w), box  # type: ignore[return-value]
+
+
+def render_gaussians(gaussians: Tensor, scale: float | tuple[float, float], canvas_hw: tuple[int, int], *,
+                     dmax: float = DEFAULT_DMAX, region: tuple[int, int, int, int] | None = None,
+                     backend: str = "auto") -> Tensor:
+    """Render one image's Gaussians on the whole canvas, or on a region of it.
+
+    Args:
+        gaussians: [N, 9] raw decoder output of one image, official order
+            ``[p0, p1, rho, alpha, r, g, b, mean_x, mean_y]``; float32, float16 or bfloat16, any device. Reduced
+            precision inputs are upcast; every backend computes and accumulates in float32.
+        scale: the upscaling factor s (the Gaussians' std in canvas pixels is ``sigma * s / 1.2``), or a
+            ``(scale_h, scale_w)`` pair for an anisotropic render.
+        canvas_hw: (H, W) of the whole canvas, ``(floor(s * Hp), floor(s * Wp))`` for a padded LR of Hp x Wp.
+            Coordinates and the dmax window are relative to it.
+        dmax: support window half-width in align-corners normalised units of the whole canvas (official 0.1).
+        region: optional ``(y0, x0, h, w)`` window of the canvas; the result equals the same crop of the full
+            render (tiles and strips stay seamless).
+        backend: "auto", "torch", "cpu" or "cuda" (see the module docstring).
+
+    Returns:
+        [3, h, w] float32 on ``gaussians.device`` (h, w: the region's size, else the canvas's).
+
+    Raises:
+        InvalidInputError: malformed Gaussians, scale, canvas, dmax or region.
+        BackendUnavailableError: an explicitly requested backend cannot run here (the message says why).
+    """
+    scales, canvas, box = _check_inputs(gaussians, scale, canvas_hw, dmax, region)
+    name = _resolve(backend, gaussians.device)
+    scale_arg: float | tuple[float, float] = scales[0] if scales[0] == scales[1] else scales
+    if name == "torch":
+        return reference.render_gaussians(gaussians, scale_arg, canvas, dmax=float(dmax), region=box)
+    # Compiled backends: added with the native module (it receives gaussian_terms(...) and does the rest).
+    module, _ = _native()
+    render = getattr(module, "render", None)
+    if render is None:
+        raise BackendUnavailableError(f"rasteriser backend {name!r} is unavailable: the native module has no "
+                                      f"render entry point; rebuild it with `python install.py`.")
+    return render(gaussians, scale_arg, canvas, dmax=float(dmax), region=box)
