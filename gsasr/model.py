@@ -191,14 +191,19 @@ class GSASRModel(nn.Module):
 
     @torch.inference_mode()
     def gaussians(self, image: torch.Tensor, scale: float, *, amp: str = "off") -> torch.Tensor:
-        """Raw Gaussian parameters (B, 16*Hp*Wp, 9) for (B, 3, H, W) images, official order and values."""
-        x = pad_to_multiple(image.to(self.device, torch.float32), self.denominator)
+        """Raw Gaussian parameters (B, 16*Hp*Wp, 9) for (B, 3, H, W) images, official order and values.
+
+        The networks compute in the model's parameter dtype: float32 normally, float64 after ``model.double()``
+        (a slow reference mode that removes float32 rounding from comparisons with the official model).
+        """
+        compute_dtype = next(self.parameters()).dtype
+        x = pad_to_multiple(image.to(self.device, compute_dtype), self.denominator)
         amp_dtype = resolve_amp(amp, x.device)
         ctx = (torch.autocast(device_type=x.device.type, dtype=amp_dtype) if amp_dtype is not None
                else contextlib.nullcontext())
         with ctx:
             out = self.decoder(self.encoder(x), scale)
-        return out.float()
+        return out if out.dtype == torch.float64 else out.float()
 
     @torch.inference_mode()
     def upscale(self, image: torch.Tensor, scale: float | None = None, *, size: tuple[int, int] | None = None,
@@ -232,14 +237,19 @@ class GSASRModel(nn.Module):
 
     def _upscale_one(self, image: torch.Tensor, geometry: OutputGeometry, *, amp: str, dmax: float,
                      backend: str) -> torch.Tensor:
-        h, w = image.shape[-2:]
-        hp, wp = (math.ceil(n / self.denominator) * self.denominator for n in (h, w))
         gaussians = self.gaussians(image, geometry.condition_scale, amp=amp)[0]
+        return self.render(gaussians, image.shape[-2:], geometry, dmax=dmax, backend=backend).unsqueeze(0)
+
+    def render(self, gaussians: torch.Tensor, input_hw: tuple[int, int], geometry: OutputGeometry, *,
+               dmax: float = 0.1, backend: str = "auto") -> torch.Tensor:
+        """Draw one image's (N, 9) raw Gaussians (from :meth:`gaussians`) as the (3, h, w) output for an input of
+        ``input_hw``: the canvas covers the padded input; only the unpadded top-left part is rendered."""
+        hp, wp = (math.ceil(n / self.denominator) * self.denominator for n in input_hw)
         canvas = geometry.canvas_hw((hp, wp))
-        render_scale = geometry.scale_hw if geometry.scale_hw[0] != geometry.scale_hw[1] else geometry.scale_hw[0]
+        sy, sx = geometry.scale_hw
         oh, ow = geometry.out_hw
-        sr = render_gaussians(gaussians, render_scale, canvas, dmax=dmax, region=(0, 0, oh, ow), backend=backend)
-        return sr.unsqueeze(0)
+        return render_gaussians(gaussians, sy if sy == sx else (sy, sx), canvas, dmax=dmax, region=(0, 0, oh, ow),
+                                backend=backend)
 
 
 def _check_image(image: torch.Tensor) -> None:

@@ -82,7 +82,10 @@ def rope_phases(freqs: torch.Tensor, t_x: torch.Tensor, t_y: torch.Tensor) -> to
 
 
 def apply_rope(x: torch.Tensor, phases: torch.Tensor) -> torch.Tensor:
-    """Rotate (B, heads, n, head_dim) by the first n phases; computed in float32, returned in x's dtype."""
+    """Rotate (B, heads, n, head_dim) by the first n phases; computed in at least float32 (float64 stays float64),
+    returned in x's dtype."""
     n = x.shape[2]
-    xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
-    return torch.view_as_real(xc * phases[:, :n, :]).flatten(3).to(x.dtype)
+    work = torch.promote_types(x.dtype, torch.float32)
+    xc = torch.view_as_complex(x.to(work).reshape(*x.shape[:-1], -1, 2))
+    rotated = xc * phases[:, :n, :].to(xc.dtype)
+    return torch.view_as_real(rotated).flatten(3).to(x.dtype)

@@ -126,9 +126,10 @@ class WindowAttention(nn.Module):
             self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
             nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
             # For self-attention this is the standard Swin index. For the paper's cross-attention the official
-            # constructor enumerates coordinate deltas through a Python ``set`` (unsorted) and combines them as
-            # id(dy) * 22 + id(dx), which collides (max 506): that buffer is only meaningful as loaded from the
-            # checkpoint. A fresh model gets the standard index, a valid placeholder of the same shape and dtype.
+            # constructor numbers the 2 ws - 1 coordinate deltas in the iteration order of a Python ``set`` (not
+            # sorted) and combines them as id(dy) * (2 ws - 2) + id(dx), which collides (max 506 for ws = 12): that
+            # buffer is only meaningful as loaded from the checkpoint. A fresh model gets the standard index, a valid
+            # placeholder of the same shape and dtype.
             self.register_buffer("relative_position_index", _swin_relative_position_index(window))
         else:
             # rope_freqs (param) and rope_t_x/rope_t_y (buffers): positions (t mod ws, t div ws) in the window
@@ -158,12 +159,16 @@ class WindowAttention(nn.Module):
         else:
             phases = rope_phases(self.rope_freqs, self.rope_t_x, self.rope_t_y)
             q, k = apply_rope(q, phases), apply_rope(k, phases)
-        # Default SDPA scale is head_dim^-0.5, the official scale in both forms.
-        out = torch.empty_like(q)
+        # Default SDPA scale is head_dim^-0.5, the official scale in both forms. The paper's bias is the only
+        # additive term: neither form masks the wrapped-around tokens of shifted windows.
         step = max(1, self.max_logits_per_chunk // (self.num_heads * q.shape[2] * k.shape[2]))
-        for i in range(0, q.shape[0], step):
-            out[i:i + step] = F.scaled_dot_product_attention(q[i:i + step], k[i:i + step], v[i:i + step],
-                                                             attn_mask=bias)
+        if q.shape[0] <= step:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        else:
+            out = torch.empty_like(q)
+            for i in range(0, q.shape[0], step):
+                out[i:i + step] = F.scaled_dot_product_attention(q[i:i + step], k[i:i + step], v[i:i + step],
+                                                                 attn_mask=bias)
         return self.proj(out.transpose(1, 2).flatten(2))
 
 
@@ -307,7 +312,7 @@ class GaussianDecoder(nn.Module):
     h and w must be multiples of ``window_size``. ``scale`` is a Python number or a tensor of shape (B,).
     The output order per Gaussian is [p0, p1, rho, alpha, r, g, b, mean_x, mean_y] (raw, except that the means
     already include their reference point), Gaussians row-major over the 4h x 4w grid. The output is float32
-    (also under autocast, like the official final concatenation).
+    (also under autocast, like the official final concatenation; float64 for a float64 model).
 
     ``max_gaussians_per_chunk`` bounds how many Gaussians (over the whole batch) go through UPNet and the heads
     at once; it changes peak memory only, never the result.
@@ -419,24 +424,26 @@ class GaussianDecoder(nn.Module):
     def _gaussians(self, grid: torch.Tensor) -> torch.Tensor:
         """Seed grid (B, C, h, w) -> (B, 16 h w, 9), processed in strips of rows to bound peak memory."""
         b, _, h, w = grid.shape
-        gh, gw = _UPSAMPLE ** 2 * h, _UPSAMPLE ** 2 * w  # the Gaussian grid
+        patch = _UPSAMPLE ** 2  # each seed becomes a patch x patch block of Gaussians
+        gh, gw = patch * h, patch * w  # the Gaussian grid
         # Reference points: cell centres of the Gaussian grid in [0, 1], made exactly like the official code
         # (float32 linspace from step/2 to 1 - step/2) so the means match bit for bit.
         ref_x = torch.linspace(0.5 / gw, 1 - 0.5 / gw, gw, dtype=torch.float32, device=grid.device)
         ref_y = torch.linspace(0.5 / gh, 1 - 0.5 / gh, gh, dtype=torch.float32, device=grid.device)
-        grid_size = torch.tensor([gw, gh], dtype=torch.float32, device=grid.device)
         out_dtype = torch.promote_types(torch.float32, self.gs_embedding.dtype)
+        grid_size = torch.tensor([gw, gh], dtype=out_dtype, device=grid.device)
         out = torch.empty(b, gh * gw, _NUM_PARAMS, dtype=out_dtype, device=grid.device)
 
         rows = max(1, self.max_gaussians_per_chunk // (b * GAUSSIANS_PER_SEED * w))
         for r0 in range(0, h, rows):
             r1 = min(r0 + rows, h)
             tokens = self._upsample_rows(grid, r0, r1).permute(0, 2, 3, 1).flatten(1, 2)  # (B, n, C) row-major
-            # Raw offsets are in Gaussian-grid cells; divided in float32 (the official divides by an integer
-            # tensor, which is the same in float32 and more accurate than its bf16 arithmetic under autocast).
-            offset = self.mlp_block_mean(tokens).float() / grid_size
-            ref = torch.stack(torch.meshgrid(ref_y[4 * r0:4 * r1], ref_x, indexing="ij")[::-1], -1).flatten(0, 1)
-            out[:, 4 * r0 * gw:4 * r1 * gw] = torch.cat([
+            # Raw offsets are in Gaussian-grid cells. Divided in float32 (the official divides by an integer
+            # tensor: the same in float32, and more accurate than its bf16 arithmetic under autocast).
+            offset = self.mlp_block_mean(tokens).to(out_dtype) / grid_size
+            ref_rows = ref_y[patch * r0:patch * r1]
+            ref = torch.stack(torch.meshgrid(ref_rows, ref_x, indexing="ij")[::-1], -1).flatten(0, 1)  # (n, [x, y])
+            out[:, patch * r0 * gw:patch * r1 * gw] = torch.cat([
                 self.mlp_block_sigma(tokens).to(out_dtype),
                 self.mlp_block_rho(tokens).to(out_dtype),
                 self.mlp_block_alpha(tokens).to(out_dtype),

@@ -180,10 +180,10 @@ class OCAB(nn.Module):
         b, h, w, c = x.shape
         ws, ows, p = self.window_size, self.overlap_win_size, self.padding
         shortcut = x
-        qkv = self.qkv(self.norm1(x))                                  # (B, H, W, 3C): q | k | v
+        qkv = self.qkv(self.norm1(x))  # (B, H, W, 3C): q | k | v
 
-        q = window_partition(qkv[..., :c], ws)                           # (B*nW, ws*ws, C)
-        kv = F.pad(qkv[..., c:], (0, 0, p, p, p, p))                    # zero border on H and W
+        q = window_partition(qkv[..., :c], ws)  # (B*nW, ws*ws, C)
+        kv = F.pad(qkv[..., c:], (0, 0, p, p, p, p))  # zero border on H and W
         # sliding ows x ows windows with stride ws: (B, nH, nW, 2C, ows, ows), windows row-major like q's
         kv = kv.unfold(1, ows, ws).unfold(2, ows, ws)
         kv = kv.permute(0, 1, 2, 4, 5, 3).reshape(-1, ows * ows, 2 * c)  # tokens row-major inside the window

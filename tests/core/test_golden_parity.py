@@ -1,16 +1,30 @@
 """Parity with the official GSASR for every architecture, through the public API, on the golden cases.
 
 Weights are rebuilt with golden.py, written in the official format (encoder.pth / decoder.pth with
-params/params_ema), and loaded with gsasr.load_model exactly as a user's download would be.
+params/params_ema) and loaded with gsasr.load_model exactly as a user's download would be. Two stages are checked,
+each at the golden contract's tolerance:
+
+1. the networks: raw Gaussians of ``model.gaussians`` against the golden ``gs_raw``;
+2. the rest of the pipeline (canvas size, padding, rendering, crop): ``model.render`` of the golden ``gs_raw``
+   against the golden ``sr``; and ``model.upscale`` is exactly ``model.render(model.gaussians(...))``.
+
+Why not the golden ``sr`` straight from ``upscale``: with these untrained weights many Gaussians are nearly
+degenerate (|rho| within 1e-5 of 1), where the rendered image depends on the Gaussian parameters with a condition
+number of ~1e5 or more. Perturbing the golden ``gs_raw`` by one float32 ulp already moves the golden image by up to
+0.3 (``test_golden_images_are_ill_conditioned`` keeps that claim checked), and the official code itself, run on
+another machine than the one that made the golden files, lands 5e-2 away from them. The networks are therefore
+compared in float64 (``model.double()``): that measures our maths against the official maths without float32
+rounding noise, which these weights amplify about a thousandfold (see the closing notes of issue 2).
 """
 from __future__ import annotations
 
 import pytest
 import torch
 from conftest import golden_folder, load_golden
-from tolerances import GOLDEN_GS_REL, GOLDEN_SR_ABS
+from tolerances import GOLDEN_GS_REL, GOLDEN_GS_REL_FLOAT32, GOLDEN_SR_ABS, ONE_ULP_FLOAT32
 
 import gsasr
+from gsasr.model import output_geometry
 
 ARCHS = ["EDSR", "RDN", "SWIN", "EDSR_DIV2K", "RDN_DIV2K", "SWIN_DIV2K", "HATL_SA1B"]
 
@@ -33,26 +47,67 @@ def _cases():
     golden = load_golden()
     for arch in ARCHS:
         for case in golden.cases(arch, str(golden_folder())):
-            yield pytest.param(arch, case["name"], id=case["name"])
+            yield pytest.param(arch, case, id=case["name"])
 
 
-@pytest.mark.parametrize("arch, name", list(_cases()))
-def test_golden_parity(models, arch: str, name: str):
-    case = next(c for c in load_golden().cases(arch, str(golden_folder())) if c["name"] == name)
+CASES = list(_cases())
+
+
+def _relative_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((ours.double() - ref.double()).abs() / ref.double().abs().clamp(min=1)).max().item()
+
+
+@pytest.mark.parametrize("arch, case", CASES)
+def test_golden_gaussians(models, arch: str, case: dict):
+    model = models(arch).double()
+    try:
+        gs = model.gaussians(torch.from_numpy(case["lr"]), case["scale"])[0]
+    finally:
+        model.float()
+    ref = torch.from_numpy(case["gs_raw"])
+    assert gs.shape == ref.shape
+    err = _relative_error(gs, ref)
+    assert err <= GOLDEN_GS_REL, f"{case['name']}: raw Gaussian parameters differ by {err:.3g} (relative)"
+
+
+@pytest.mark.parametrize("arch, case", CASES)
+def test_golden_image_from_golden_gaussians(models, arch: str, case: dict):
+    model = models(arch)
+    lr = torch.from_numpy(case["lr"])
+    geometry = output_geometry(lr.shape[-2:], case["scale"])
+    sr = model.render(torch.from_numpy(case["gs_raw"]), lr.shape[-2:], geometry)
+    ref = torch.from_numpy(case["sr"][0])
+    assert sr.shape == ref.shape
+    err = (sr - ref).abs().max().item()
+    assert err <= GOLDEN_SR_ABS, f"{case['name']}: image differs by {err:.3g}"
+
+
+@pytest.mark.parametrize("arch, case", [c for c in CASES if "x3.7" in c.id])
+def test_float32_pipeline(models, arch: str, case: dict):
+    """The production precision: float32 Gaussians near golden (see GOLDEN_GS_REL_FLOAT32), and upscale() is
+    exactly render(gaussians()) (padding, canvas, crop)."""
     model = models(arch)
     lr = torch.from_numpy(case["lr"])
     gs = model.gaussians(lr, case["scale"])[0]
-    ref_gs = torch.from_numpy(case["gs_raw"])
-    assert gs.shape == ref_gs.shape
-    gs_err = ((gs - ref_gs).abs() / ref_gs.abs().clamp(min=1)).max().item()
-    assert gs_err <= GOLDEN_GS_REL, f"{name}: raw Gaussian parameters differ by {gs_err:.3g} (relative)"
-
+    err = _relative_error(gs, torch.from_numpy(case["gs_raw"]))
+    assert err <= GOLDEN_GS_REL_FLOAT32, f"{case['name']}: float32 raw Gaussians differ by {err:.3g} (relative)"
     sr = model.upscale(lr, case["scale"], clamp=False)
-    ref_sr = torch.from_numpy(case["sr"])
-    assert sr.shape == ref_sr.shape
-    sr_err = (sr - ref_sr).abs().max().item()
-    assert sr_err <= GOLDEN_SR_ABS, f"{name}: image differs by {sr_err:.3g}"
-    print(f"{name}: max|gs rel err| {gs_err:.2e}  max|sr err| {sr_err:.2e}")
+    assert sr.shape == case["sr"].shape
+    assert torch.equal(sr[0], model.render(gs, lr.shape[-2:], output_geometry(lr.shape[-2:], case["scale"])))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_golden_images_are_ill_conditioned(models, arch: str):
+    """The reason end-to-end images are not compared at 1e-4: one ulp of noise on the Gaussians exceeds it."""
+    case = load_golden().cases(arch, str(golden_folder()))[0]
+    model = models(arch)
+    lr = torch.from_numpy(case["lr"])
+    gs = torch.from_numpy(case["gs_raw"])
+    torch.manual_seed(0)
+    nudged = gs * (1 + ONE_ULP_FLOAT32 * torch.randn_like(gs))
+    geometry = output_geometry(lr.shape[-2:], case["scale"])
+    moved = (model.render(nudged, lr.shape[-2:], geometry) - model.render(gs, lr.shape[-2:], geometry)).abs().max()
+    assert moved > GOLDEN_SR_ABS
 
 
 def test_every_architecture_has_a_case():
