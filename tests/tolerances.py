@@ -49,11 +49,12 @@ DECODER_SCALE_ATTN_ABS = 1e-5
 # A batch with one scale per image against each image alone (tiny float32 model, O(1) outputs): only the GEMM
 # blocking changes with the row count (observed 1.5e-7); 1e-5 still catches any mixing between images.
 DECODER_BATCH_ABS = 1e-5
-# Golden raw Gaussians with encoder + decoder in float32 (tests/core/test_golden_parity.py). The golden vectors are themselves a float32 run whose
-# rounding noise, amplified by the untrained rule weights through 16 encoder and ~40 decoder layers, is ~5e-5
-# relative (measured against a float64 run); ours is another ~7e-5. The official code itself, run here in float32,
-# is 1.08e-4 away from golden (EDSR x2). The exact-function check at GOLDEN_GS_REL runs in float64; this one
-# guards the production precision, with ~3x margin over the observed 1.08e-4 (any real error is O(0.1) or more).
+# Golden raw Gaussians with encoder + decoder in float32 (tests/core/test_golden_parity.py). The golden vectors
+# are themselves a float32 run whose rounding noise, amplified by the untrained rule weights through 16 encoder
+# and ~40 decoder layers, is ~5e-5 relative (measured against a float64 run); ours is another ~7e-5. The official
+# code itself, run here in float32, is 1.08e-4 away from golden (EDSR x2). The exact-function check at
+# GOLDEN_GS_REL runs in float64; this one guards the production precision, with ~3x margin over the observed
+# 1.08e-4 (any real error is O(0.1) or more).
 GOLDEN_GS_REL_FLOAT32 = 3e-4
 
 # Size of "one float32 rounding" as relative noise (2^-23 ~ 1.2e-7), used to show how sensitive the golden images

@@ -137,7 +137,11 @@ def _check_inputs(gaussians: Tensor, scale: float | tuple[float, float], canvas_
         raise InvalidInputError(f"canvas_hw must be (height, width), got {canvas_hw!r}.") from None
     if canvas_h < 1 or canvas_w < 1:
         raise InvalidInputError(f"canvas_hw must be positive, got {canvas_hw!r}.")
-    if not (isinstance(dmax, (int, float)) and math.isfinite(dmax) and dmax >= 0):
+    try:
+        dmax_ok = math.isfinite(float(dmax)) and float(dmax) >= 0
+    except (TypeError, ValueError):
+        dmax_ok = False
+    if not dmax_ok:
         raise InvalidInputError(f"dmax must be a finite number >= 0 (normalised window half-width), got {dmax!r}.")
     if region is None:
         box = (0, 0, canvas_h, canvas_w)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, write_official_folder
+from conftest import REPO
 from PIL import Image
 
 from gsasr.cli import main
