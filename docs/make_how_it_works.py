@@ -18,7 +18,9 @@ from gsasr.render import render_gaussians  # noqa: E402
 
 LR = 10            # low-resolution side
 PANEL = 300        # displayed size of each panel
-SIGMA_PARAM = 0.12  # 16 unit-peak Gaussians per LR pixel then sum to about the pixel's colour
+SIGMA_PARAM = 0.24  # std in LR pixels is SIGMA_PARAM / 1.2 = 0.2, wide enough to overlap the 4x4 sub-grid
+# 16 unit-peak Gaussians per LR pixel sum to 16 * 2 pi sigma^2 per pixel; the opacity divides that back out.
+OPACITY = 1.0 / (16 * 2 * math.pi * (SIGMA_PARAM / 1.2) ** 2)
 
 
 def synthetic_lr() -> torch.Tensor:
@@ -40,7 +42,7 @@ def gaussians_for(image: torch.Tensor) -> torch.Tensor:
     n = 16 * h * w
     raw = torch.zeros(n, 9)
     raw[:, 0:2] = logit(torch.tensor((SIGMA_PARAM - 1e-6) / 0.99999))
-    raw[:, 3] = 8.0                                                      # opacity ~1
+    raw[:, 3] = math.log(OPACITY / (1 - OPACITY))
     raw[:, 4:7] = logit(fine.reshape(3, -1).T)
     raw[:, 7] = xs.reshape(-1)
     raw[:, 8] = ys.reshape(-1)

@@ -28,6 +28,8 @@ import math
 import re
 from collections.abc import Mapping
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -246,55 +248,60 @@ def _block_mlp(dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
 
 
-class CrossAttentionBlock(nn.Module):
-    """r = x; LN; layers (shift 0, ws/2, 0, ...); MLP; [enhanced: 3x3 conv on the seed grid]; x = r + x."""
+class _ResidualLayerStack(nn.Module):
+    """What both kinds of decoder block share: r = x; LN; the layers; MLP; [enhanced: a 3x3 conv on the seed grid];
+    x = r + x. Submodule names (and their order) are the official ones: mlp, norm, blocks, conv."""
 
-    def __init__(self, dim: int, num_heads: int, window: int, num_layers: int, form: str, rope_theta: float):
+    def __init__(self, dim: int, window: int, layers: list[nn.Module], form: str):
         super().__init__()
-        position = "bias" if form == "paper" else "rope"
         self.window = window
         self.mlp = _block_mlp(dim)
         self.norm = nn.LayerNorm(dim)
-        self.blocks = nn.ModuleList([
-            CrossAttentionLayer(dim, num_heads, window, 0 if i % 2 == 0 else window // 2, position, rope_theta)
-            for i in range(num_layers)])
+        self.blocks = nn.ModuleList(layers)
         self.conv = nn.Conv2d(dim, dim, 3, 1, 1) if form == "enhanced" else None
+
+    def _run(self, x: torch.Tensor, h: int, w: int,
+             layer_step: Callable[[nn.Module, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        residual = x
+        x = self.norm(x)
+        for layer in self.blocks:
+            x = layer_step(layer, x)
+        x = self.mlp(x)
+        if self.conv is not None:
+            x = _conv_in_image_layout(self.conv, x, h, w, self.window)
+        return residual + x
+
+
+def _shift(i: int, window: int) -> int:
+    """Even layers attend in aligned windows, odd layers in windows displaced by half a window."""
+    return 0 if i % 2 == 0 else window // 2
+
+
+class CrossAttentionBlock(_ResidualLayerStack):
+    """Condition injection: seeds attend to the image features of their window (shifted on odd layers)."""
+
+    def __init__(self, dim: int, num_heads: int, window: int, num_layers: int, form: str, rope_theta: float):
+        position = "bias" if form == "paper" else "rope"
+        layers = [CrossAttentionLayer(dim, num_heads, window, _shift(i, window), position, rope_theta)
+                  for i in range(num_layers)]
+        super().__init__(dim, window, layers, form)
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, feat_windows: dict[int, torch.Tensor],
                 scale_embedding: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        residual = x
-        x = self.norm(x)
-        for layer in self.blocks:
-            x = layer(x, pos, feat_windows, scale_embedding)
-        x = self.mlp(x)
-        if self.conv is not None:
-            x = _conv_in_image_layout(self.conv, x, h, w, self.window)
-        return residual + x
+        return self._run(x, h, w, lambda layer, y: layer(y, pos, feat_windows, scale_embedding))
 
 
-class SelfAttentionBlock(nn.Module):
-    """Same shape as :class:`CrossAttentionBlock`, with self-attention layers."""
+class SelfAttentionBlock(_ResidualLayerStack):
+    """Gaussian interaction: seeds attend to each other inside (shifted) windows of the global seed grid."""
 
     def __init__(self, dim: int, num_heads: int, window: int, num_layers: int, form: str, rope_theta: float):
-        super().__init__()
         position = "bias" if form == "paper" else "rope"
-        self.window = window
-        self.mlp = _block_mlp(dim)
-        self.norm = nn.LayerNorm(dim)
-        self.blocks = nn.ModuleList([
-            SelfAttentionLayer(dim, num_heads, window, 0 if i % 2 == 0 else window // 2, position, rope_theta)
-            for i in range(num_layers)])
-        self.conv = nn.Conv2d(dim, dim, 3, 1, 1) if form == "enhanced" else None
+        layers = [SelfAttentionLayer(dim, num_heads, window, _shift(i, window), position, rope_theta)
+                  for i in range(num_layers)]
+        super().__init__(dim, window, layers, form)
 
     def forward(self, x: torch.Tensor, scale_embedding: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        residual = x
-        x = self.norm(x)
-        for layer in self.blocks:
-            x = layer(x, scale_embedding, h, w)
-        x = self.mlp(x)
-        if self.conv is not None:
-            x = _conv_in_image_layout(self.conv, x, h, w, self.window)
-        return residual + x
+        return self._run(x, h, w, lambda layer, y: layer(y, scale_embedding, h, w))
 
 
 def _gaussian_head(dim: int, out: int) -> nn.Sequential:
