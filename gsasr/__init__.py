@@ -7,15 +7,16 @@
 
 Importing this package does no work: no download, no compilation, no CUDA initialisation.
 """
-from .errors import (BackendUnavailableError, CheckpointError, GSASRError, InvalidInputError, ModelNotFoundError,
-                     UnsafeCheckpointError)
+from .errors import (BackendUnavailableError, CheckpointError, GSASRError, InsufficientMemoryError,
+                     InvalidInputError, ModelNotFoundError, UnsafeCheckpointError)
 from .model import MAX_SCALE, GSASRModel, ModelInfo, load_model
 from .registry import RELEASES, download, release_names
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BackendUnavailableError", "CheckpointError", "GSASRError", "GSASRModel", "InvalidInputError", "MAX_SCALE",
+    "BackendUnavailableError", "CheckpointError", "GSASRError", "GSASRModel", "InsufficientMemoryError",
+    "InvalidInputError", "MAX_SCALE",
     "ModelInfo", "ModelNotFoundError", "RELEASES", "UnsafeCheckpointError", "__version__", "download", "load_model",
     "release_names",
 ]

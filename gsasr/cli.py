@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
     up.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
                     help="reduced-precision networks (auto: bf16/fp16 on GPUs, off on CPU)")
+    up.add_argument("--tile", type=int, default=None,
+                    help="LR tile size in pixels for big images (default: chosen from free memory; 0: never tile)")
     up.add_argument("--models-dir", type=Path, help="where released models are stored/downloaded")
     up.add_argument("--no-clamp", action="store_true", help=argparse.SUPPRESS)
 
@@ -128,7 +130,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         try:
             tensor = imageio.read_image(src)
-            out = model.upscale(tensor, args.scale, size=args.size, amp=args.amp, clamp=not args.no_clamp)
+            out = model.upscale(tensor, args.scale, size=args.size, amp=args.amp, clamp=not args.no_clamp,
+                                tile=args.tile)
             imageio.write_image(out, dst)
         except (OSError, ValueError) as exc:
             print(f"{prefix}: failed: {exc}", file=sys.stderr)

@@ -24,3 +24,7 @@ class InvalidInputError(GSASRError, ValueError):
 
 class BackendUnavailableError(GSASRError, RuntimeError):
     """An explicitly requested rasteriser backend cannot be used here; the message says why."""
+
+
+class InsufficientMemoryError(GSASRError, MemoryError):
+    """Even the smallest tiles did not fit in the memory available; the message says what to try."""

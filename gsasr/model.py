@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -23,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import InvalidInputError
+from . import tiling
+from .errors import InsufficientMemoryError, InvalidInputError
 from .render import render_gaussians
 
 MIN_SCALE_EXCLUSIVE = 1.0   # GSASR is an upscaler; for shrinking use a plain resize
@@ -196,8 +198,14 @@ class GSASRModel(nn.Module):
         The networks compute in the model's parameter dtype: float32 normally, float64 after ``model.double()``
         (a slow reference mode that removes float32 rounding from comparisons with the official model).
         """
+        return self._networks(self._pad(image), scale, amp)
+
+    def _pad(self, image: torch.Tensor) -> torch.Tensor:
         compute_dtype = next(self.parameters()).dtype
-        x = pad_to_multiple(image.to(self.device, compute_dtype), self.denominator)
+        return pad_to_multiple(image.to(self.device, compute_dtype), self.denominator)
+
+    def _networks(self, x: torch.Tensor, scale: float, amp: str) -> torch.Tensor:
+        """Encoder + decoder on padded images (sides multiples of the denominator): (B, 16 h w, 9)."""
         amp_dtype = resolve_amp(amp, x.device)
         ctx = (torch.autocast(device_type=x.device.type, dtype=amp_dtype) if amp_dtype is not None
                else contextlib.nullcontext())
@@ -205,26 +213,62 @@ class GSASRModel(nn.Module):
             out = self.decoder(self.encoder(x), scale)
         return out if out.dtype == torch.float64 else out.float()
 
+    def bytes_per_lr_pixel(self) -> int:
+        """Conservative peak activation memory of the networks per LR pixel of a tile (see :mod:`gsasr.tiling`)."""
+        kind = self.info.architecture.split("+")[0]
+        return tiling.BYTES_PER_LR_PIXEL.get(kind, tiling.DEFAULT_BYTES_PER_LR_PIXEL)
+
     @torch.inference_mode()
     def upscale(self, image: torch.Tensor, scale: float | None = None, *, size: tuple[int, int] | None = None,
                 clamp: bool = True, amp: str = "off", dmax: float = 0.1, backend: str = "auto",
-                progress: ProgressFn | None = None) -> torch.Tensor:
+                tile: int | None = None, progress: ProgressFn | None = None) -> torch.Tensor:
         """Upscale (B, C, H, W) float images in [0, 1], C in {1, 3, 4}, by ``scale`` or to ``size=(h, w)``.
 
         Returns (B, C, h, w) on the input's device in the input's dtype. ``amp`` runs the networks in reduced
         precision (off, auto, bf16, fp16); rendering always accumulates in float32. ``clamp`` clips to [0, 1]
-        (the raw model output can overshoot). ``progress(done, total)`` is called after each image; raising from it
-        cancels.
+        (the raw model output can overshoot).
+
+        ``tile``: None (default) picks a tile size from the memory available (no tiling when the image fits);
+        0 never tiles; N runs the networks on LR tiles of N x N pixels (rounded to a multiple of
+        ``model.denominator``) plus context, and renders all their Gaussians together, so there is no seam. When
+        memory runs out (CUDA, or a CPU allocation failure) the image is retried with halved tiles, down to
+        2 x denominator, except with ``tile=0``.
+
+        ``progress(done, total)`` is called after each tile (one per image when not tiled), counting over the
+        whole batch; after an out-of-memory retry ``done`` restarts at the start of that image with the new
+        total. Raising from it cancels.
         """
         _check_image(image)
         b, c, h, w = image.shape
         geometry = output_geometry((h, w), scale, size)
         rgb = image[:, :3] if c >= 3 else image.expand(b, 3, h, w)
+        padded_hw = tuple(math.ceil(n / self.denominator) * self.denominator for n in (h, w))
+        core = self._initial_tile(tile, padded_hw, geometry)
+        counter = _TileCounter(progress)
         outs = []
         for i in range(b):
-            outs.append(self._upscale_one(rgb[i:i + 1], geometry, amp=amp, dmax=dmax, backend=backend))
-            if progress is not None:
-                progress(i + 1, b)
+            while True:
+                counter.start_image(tiling.count_tiles(padded_hw, core), b - i)
+                try:
+                    outs.append(self._upscale_one(rgb[i:i + 1], geometry, core, amp=amp, dmax=dmax,
+                                                  backend=backend, on_tile=counter.tick))
+                    counter.finish_image()
+                    break
+                except Exception as exc:  # noqa: BLE001 -- only allocation failures are retried, the rest re-raised
+                    if not tiling.is_out_of_memory(exc) or tile == 0:  # tile=0: the caller said never tile
+                        raise
+                    reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+                # Out of the except block, so the failed attempt's traceback (and the tensors its frames hold) is
+                # gone before the cache is emptied and the retry allocates.
+                tiling.free_memory(self.device)
+                smaller = tiling.smaller_tile(core, padded_hw, self.denominator)
+                if smaller is None:
+                    tried = f"{core}x{core} LR tiles" if core else "an image this small"
+                    raise InsufficientMemoryError(
+                        f"Out of memory on {self.device} even with {tried} ({reason}). Free memory "
+                        f"(close other programs or unload other models), try amp='auto', or upscale a smaller "
+                        f"image.")
+                core = smaller
         out = torch.cat(outs, dim=0)
         if c == 1:
             out = out.mean(dim=1, keepdim=True)
@@ -235,10 +279,39 @@ class GSASRModel(nn.Module):
             out = torch.cat([out.to(alpha.device), alpha.clamp_(0.0, 1.0)], dim=1)
         return out.to(device=image.device, dtype=image.dtype)
 
-    def _upscale_one(self, image: torch.Tensor, geometry: OutputGeometry, *, amp: str, dmax: float,
-                     backend: str) -> torch.Tensor:
-        gaussians = self.gaussians(image, geometry.condition_scale, amp=amp)[0]
-        return self.render(gaussians, image.shape[-2:], geometry, dmax=dmax, backend=backend).unsqueeze(0)
+    def _initial_tile(self, tile: int | None, padded_hw: tuple[int, int], geometry: OutputGeometry) -> int:
+        """The core size to start with: 0 (whole image) or a multiple of the denominator below the image."""
+        if tile is None:
+            core = tiling.auto_tile(padded_hw, geometry.out_hw, self.denominator, self.bytes_per_lr_pixel(),
+                                    tiling.available_bytes(self.device), self.device.type)
+        else:
+            try:
+                n = operator.index(tile)  # ints and integer-like numbers (numpy), not floats or bools
+            except TypeError:
+                n = -1
+            if isinstance(tile, bool) or n < 0:
+                raise InvalidInputError(f"tile must be None (automatic), 0 (never tile) or a positive number of "
+                                        f"LR pixels, got {tile!r}.")
+            core = tiling.round_tile(n, self.denominator) if n > 0 else 0
+        # A core covering the whole image is the untiled path (cheaper: no context is computed twice).
+        return 0 if core >= max(padded_hw) else core
+
+    def _upscale_one(self, image: torch.Tensor, geometry: OutputGeometry, tile: int, *, amp: str, dmax: float,
+                     backend: str, on_tile: Callable[[], None]) -> torch.Tensor:
+        scale = geometry.condition_scale
+        padded = self._pad(image)
+        if tile == 0:
+            gaussians = self._networks(padded, scale, amp)[0]
+            on_tile()
+        else:
+            gaussians = tiling.tiled_gaussians(lambda x: self._networks(x, scale, amp), padded, tile,
+                                               self.denominator, on_tile)
+        canvas = geometry.canvas_hw((padded.shape[-2], padded.shape[-1]))
+        del padded
+        sy, sx = geometry.scale_hw
+        out = tiling.render_in_strips(gaussians, sy if sy == sx else (sy, sx), canvas, geometry.out_hw, dmax=dmax,
+                                      backend=backend)
+        return out.unsqueeze(0)
 
     def render(self, gaussians: torch.Tensor, input_hw: tuple[int, int], geometry: OutputGeometry, *,
                dmax: float = 0.1, backend: str = "auto") -> torch.Tensor:
@@ -250,6 +323,29 @@ class GSASRModel(nn.Module):
         oh, ow = geometry.out_hw
         return render_gaussians(gaussians, sy if sy == sx else (sy, sx), canvas, dmax=dmax, region=(0, 0, oh, ow),
                                 backend=backend)
+
+
+class _TileCounter:
+    """Progress over all tiles of a batch: ``progress(done, total)`` after each tile."""
+
+    def __init__(self, progress: ProgressFn | None):
+        self.progress = progress
+        self.done = 0          # tiles finished, images before the current one included
+        self.image_start = 0   # ``done`` when the current image started
+        self.total = 0
+
+    def start_image(self, tiles_per_image: int, images_left: int) -> None:
+        """(Re)start the current image; the remaining images are counted with the current tile size."""
+        self.done = self.image_start
+        self.total = self.image_start + tiles_per_image * images_left
+
+    def finish_image(self) -> None:
+        self.image_start = self.done
+
+    def tick(self) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
 
 
 def _check_image(image: torch.Tensor) -> None:
