@@ -35,15 +35,18 @@ PARAMS_PER_GAUSSIAN = 9
 
 CONTEXT_LR_PIXELS = 32
 """Context around a tile's core, in LR pixels (rounded up to the window). The official tiling keeps 8 px of
-overlap and cuts its seam 1 LR px from the tile edge; 32 px covers the encoder's convolution stack (EDSR: 33
-3x3 convs, radius 33) nearly whole and two decoder windows, so the Gaussians of a core barely feel the cut."""
+overlap and cuts its seam 1 LR px from the tile edge; 32 px covers the encoder's convolution stack (EDSR: 34
+3x3 convs, radius 34) nearly whole and two decoder windows, so the Gaussians of a core barely feel the cut."""
 
 MIN_TILE_WINDOWS = 2
 """The smallest core the out-of-memory retry goes down to, in windows (denominators)."""
 
 # Peak activation bytes per LR pixel of one tile (encoder + decoder, float32, tile including its context), by
-# encoder kind. Conservative: measured peaks rounded up by ~2x (see README "Tiling"); reduced precision (amp)
-# needs less, and we do not count on it.
+# encoder kind; reduced precision (amp) needs less, and we do not count on it. EDSR is measured with
+# bench/tile_memory.py (EDSR + enhanced decoder, CPU peak RSS: 15.8 KiB per LR pixel at the margin, 34 KiB/px at
+# 144x144 with the fixed per-chunk buffers), so 32 KiB is ~2x the margin. The others are estimates, not
+# measurements: the same decoder plus a wider encoder (RDN keeps 16 block outputs for its fusion, SwinIR and HAT
+# run attention and 2x MLPs at 180-192 channels, HAT's overlapping 24x24 windows 2.25x the keys), rounded up.
 BYTES_PER_LR_PIXEL: dict[str, int] = {
     "EDSR": 32 * 1024,
     "RDN": 48 * 1024,

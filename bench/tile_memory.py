@@ -1,0 +1,79 @@
+"""Peak activation memory per LR pixel of encoder + decoder, chunked (as shipped) against unchunked.
+
+    python bench/tile_memory.py --sizes 96 144 --self-blocks 1
+
+Each measurement runs in a fresh process (CPU, float32, random weights of the real EDSR + enhanced decoder
+shapes) and reads the kernel's peak resident set (VmHWM) before and after one forward pass, so it counts every
+allocation, PyTorch's own included. Unchunked = UPNet + heads on all Gaussians at once and attention logits of
+all windows at once, as the official code runs them. ``--self-blocks`` lowers the decoder's depth to save time:
+activations are freed layer by layer, so peak memory depends on the width, not the depth. The per-pixel figure
+is the slope between the two sizes (it removes the fixed per-chunk buffers) and the peak divided by the pixels
+at the largest size.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _hwm_bytes() -> int:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
+def _child(size: int, chunked: bool, self_blocks: int) -> None:
+    sys.path.insert(0, str(REPO))
+    import torch
+
+    from gsasr.archs.decoder import GaussianDecoder, WindowAttention
+    from gsasr.archs.encoder_edsr import EDSREncoder
+
+    torch.manual_seed(0)
+    torch.set_grad_enabled(False)
+    enc, dec = EDSREncoder().eval(), GaussianDecoder(num_selfattn_blocks=self_blocks).eval()
+    if not chunked:
+        dec.max_gaussians_per_chunk = 1 << 40
+        WindowAttention.max_logits_per_chunk = 1 << 40
+    x = torch.rand(1, 3, size, size)
+    before = _hwm_bytes()
+    with torch.inference_mode():
+        dec(enc(x), 4.0)
+    print(json.dumps({"size": size, "chunked": chunked, "peak": _hwm_bytes() - before}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", type=int, nargs=2, default=[96, 144])
+    parser.add_argument("--self-blocks", type=int, default=1)
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(int(args.child[0]), args.child[1] == "1", int(args.child[2]))
+        return
+    result = {}
+    for chunked in (True, False):
+        peaks = []
+        for size in args.sizes:
+            out = subprocess.run([sys.executable, __file__, "--child", str(size), str(int(chunked)),
+                                  str(args.self_blocks)], capture_output=True, text=True, check=True)
+            peaks.append(json.loads(out.stdout)["peak"])
+        (a, b), (pa, pb) = args.sizes, peaks
+        slope = (pb - pa) / (b * b - a * a)
+        name = "chunked" if chunked else "unchunked"
+        result[name] = slope
+        print(f"{name:9s}: peak {pa / 2**20:.0f} MiB at {a}x{a}, {pb / 2**20:.0f} MiB at {b}x{b}; "
+              f"{slope / 1024:.1f} KiB per LR pixel (slope), {pb / (b * b) / 1024:.1f} KiB/px at {b}x{b}")
+    print(f"RESULT chunked_kib_per_px={result['chunked'] / 1024:.1f} unchunked_kib_per_px="
+          f"{result['unchunked'] / 1024:.1f} ratio={result['unchunked'] / result['chunked']:.1f}")
+
+
+if __name__ == "__main__":
+    main()
