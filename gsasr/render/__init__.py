@@ -3,16 +3,18 @@
 Backends:
 
 * ``"torch"``: :mod:`gsasr.render.reference`, pure PyTorch, any device; the specification.
-* ``"cpu"`` and ``"cuda"``: the compiled kernels of the module ``gsasr.render._native`` (built by
-  ``python install.py``), imported lazily on first use, never at import time.
-* ``"auto"`` (default): the fastest backend available for the Gaussians' device, falling back to ``"torch"``.
+* ``"cpu"`` and ``"cuda"``: the compiled kernels (``cuda/``, built by ``python install.py``), loaded lazily by
+  :mod:`gsasr.render._native` on first use, never at import time, and never compiled mid-run unless
+  ``GSASR_JIT=1``.
+* ``"auto"`` (default): the fastest backend available for the Gaussians' device, falling back to ``"torch"``
+  with one logged warning per process.
 
 The environment variable ``GSASR_RASTERIZER`` (torch, cpu, cuda or auto) forces a backend when the caller leaves
 ``backend="auto"``; an explicit ``backend=`` argument wins over it.
 """
 from __future__ import annotations
 
-import importlib
+import logging
 import math
 import os
 from types import ModuleType
@@ -29,37 +31,37 @@ __all__ = ["render_gaussians", "available_backends", "active_backend", "BACKENDS
 
 BACKENDS: tuple[str, ...] = ("torch", "cpu", "cuda")
 ENV_VAR = "GSASR_RASTERIZER"
-_NOT_BUILT = "the native rasteriser is not built; run `python install.py` in the ComfyUI-GSASR folder"
 
-# (module, None) once the compiled module imported, (None, reason) once it failed; None before the first try.
-_native_cache: tuple[ModuleType | None, str | None] | None = None
+# (module, None) once the compiled module loaded, (None, reason) once it failed; None before the first try.
+_compiled_cache: tuple[ModuleType | None, str | None] | None = None
+_fallback_logged = False
+logger = logging.getLogger(__name__)
 
 
-def _native() -> tuple[ModuleType | None, str | None]:
+def _compiled() -> tuple[ModuleType | None, str | None]:
     """The compiled module, or the reason it cannot be used. Tried once per process, on first need."""
-    global _native_cache
-    if _native_cache is None:
+    global _compiled_cache
+    if _compiled_cache is None:
+        from . import _native as native  # the loader; it compiles nothing unless GSASR_JIT=1
+
         try:
-            _native_cache = (importlib.import_module(f"{__name__}._native"), None)
-        except ModuleNotFoundError as exc:
-            # Only "our module is absent" means "not built"; a missing dependency inside it is another story.
-            missing_ours = exc.name is not None and exc.name.endswith("_native")
-            _native_cache = (None, _NOT_BUILT if missing_ours else f"the native rasteriser failed to import: {exc}")
-        except (ImportError, OSError) as exc:  # built, but against another torch/CUDA, or a broken library
-            _native_cache = (None, f"the native rasteriser failed to load ({exc}); rebuild it with "
-                                   f"`python install.py`")
-    return _native_cache
+            _compiled_cache = (native.load(), None)
+        except native.NativeUnavailable as exc:
+            _compiled_cache = (None, str(exc))
+    return _compiled_cache
 
 
 def available_backends() -> dict[str, str | None]:
     """Each backend name -> None when it can be used in this process, else the reason it cannot."""
-    module, reason = _native()
+    module, reason = _compiled()
     status: dict[str, str | None] = {"torch": None}
     status["cpu"] = reason
     if module is None:
         status["cuda"] = reason
     elif not bool(getattr(module, "has_cuda", lambda: False)()):
-        status["cuda"] = "the native rasteriser was built without CUDA (no nvcc at build time)"
+        from . import _build
+
+        status["cuda"] = f"the native rasteriser was built without CUDA: {_build.cuda_reason() or 'rebuild it'}"
     elif not torch.cuda.is_available():
         status["cuda"] = "PyTorch sees no CUDA device"
     else:
@@ -93,7 +95,16 @@ def active_backend(device: torch.device | str) -> str:
     if name != "auto":
         return name
     native = _device_backend(device)
-    return native if native != "torch" and available_backends()[native] is None else "torch"
+    if native == "torch":
+        return "torch"
+    reason = available_backends()[native]
+    if reason is None:
+        return native
+    global _fallback_logged
+    if not _fallback_logged:  # once per process: every render would otherwise repeat it
+        _fallback_logged = True
+        logger.warning("GSASR: rendering with the slower PyTorch reference: %s.", reason)
+    return "torch"
 
 
 def _resolve(backend: str, device: torch.device) -> str:
@@ -189,10 +200,7 @@ def render_gaussians(gaussians: Tensor, scale: float | tuple[float, float], canv
     scale_arg: float | tuple[float, float] = scales[0] if scales[0] == scales[1] else scales
     if name == "torch":
         return reference.render_gaussians(gaussians, scale_arg, canvas, dmax=float(dmax), region=box)
-    # Compiled backends: added with the native module (it receives gaussian_terms(...) and does the rest).
-    module, _ = _native()
-    render = getattr(module, "render", None)
-    if render is None:
-        raise BackendUnavailableError(f"rasteriser backend {name!r} is unavailable: the native module has no "
-                                      f"render entry point; rebuild it with `python install.py`.")
-    return render(gaussians, scale_arg, canvas, dmax=float(dmax), region=box)
+    module, _ = _compiled()
+    from . import _native as native
+
+    return native.render(module, gaussians, scale_arg, canvas, float(dmax), box)

@@ -355,9 +355,9 @@ def test_the_torch_backend_is_always_available_and_auto_falls_back_to_it(monkeyp
     if backends["cpu"] is not None:
         assert render.active_backend("cpu") == "torch"
         assert "install.py" in backends["cpu"] or "failed" in backends["cpu"]
-    raw = _random_gaussians(20, seed=61)
-    torch.testing.assert_close(render.render_gaussians(raw, 2.0, (10, 12)),
-                               render.render_gaussians(raw, 2.0, (10, 12), backend="torch"), atol=0, rtol=0)
+        raw = _random_gaussians(20, seed=61)
+        torch.testing.assert_close(render.render_gaussians(raw, 2.0, (10, 12)),
+                                   render.render_gaussians(raw, 2.0, (10, 12), backend="torch"), atol=0, rtol=0)
 
 
 def test_the_environment_variable_forces_a_backend(monkeypatch):

@@ -1,0 +1,118 @@
+// Python entry points of the native rasteriser: input checks, then dispatch to the CPU or CUDA kernels by device.
+// Called only by gsasr/render/_native.py, which prepares the per-Gaussian parameters and the tile ranges.
+#include <torch/extension.h>
+
+#include <utility>
+
+namespace gsasr {
+
+torch::Tensor boxes_cpu(const torch::Tensor& params, int64_t canvas_h, int64_t canvas_w, int64_t y0, int64_t x0,
+                        int64_t h, int64_t w);
+torch::Tensor render_cpu(const torch::Tensor& params, const torch::Tensor& boxes, const torch::Tensor& col_range,
+                         const torch::Tensor& row_range, int64_t grid_w, int64_t tile, int64_t canvas_h,
+                         int64_t canvas_w, int64_t y0, int64_t x0, int64_t h, int64_t w);
+#ifdef GSASR_WITH_CUDA
+torch::Tensor boxes_cuda(const torch::Tensor& params, int64_t canvas_h, int64_t canvas_w, int64_t y0, int64_t x0,
+                         int64_t h, int64_t w);
+torch::Tensor render_cuda(const torch::Tensor& params, const torch::Tensor& boxes, const torch::Tensor& col_range,
+                          const torch::Tensor& row_range, int64_t grid_w, int64_t tile, int64_t canvas_h,
+                          int64_t canvas_w, int64_t y0, int64_t x0, int64_t h, int64_t w);
+#endif
+
+namespace {
+
+constexpr int64_t kParamCount = 11;
+
+void check_geometry(int64_t canvas_h, int64_t canvas_w, int64_t y0, int64_t x0, int64_t h, int64_t w) {
+  TORCH_CHECK(canvas_h >= 1 && canvas_w >= 1, "gsasr native: canvas must be positive, got ", canvas_h, "x",
+              canvas_w);
+  TORCH_CHECK(h >= 1 && w >= 1 && y0 >= 0 && x0 >= 0 && y0 + h <= canvas_h && x0 + w <= canvas_w,
+              "gsasr native: region (", y0, ", ", x0, ", ", h, ", ", w, ") is not inside the canvas");
+  TORCH_CHECK(canvas_h < (int64_t{1} << 30) && canvas_w < (int64_t{1} << 30),
+              "gsasr native: canvas sides must be below 2^30 pixels");
+}
+
+void check_params(const torch::Tensor& params) {
+  TORCH_CHECK(params.dim() == 2 && params.size(1) == kParamCount, "gsasr native: params must be [N, ", kParamCount,
+              "], got ", params.sizes());
+  TORCH_CHECK(params.scalar_type() == torch::kFloat32, "gsasr native: params must be float32, got ",
+              params.scalar_type());
+  TORCH_CHECK(params.is_contiguous(), "gsasr native: params must be contiguous");
+}
+
+bool has_cuda() {
+#ifdef GSASR_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+torch::Tensor boxes(const torch::Tensor& params, int64_t canvas_h, int64_t canvas_w, int64_t y0, int64_t x0,
+                    int64_t h, int64_t w) {
+  check_params(params);
+  check_geometry(canvas_h, canvas_w, y0, x0, h, w);
+  if (params.is_cuda()) {
+#ifdef GSASR_WITH_CUDA
+    return boxes_cuda(params, canvas_h, canvas_w, y0, x0, h, w);
+#else
+    TORCH_CHECK(false, "gsasr native: built without CUDA");
+#endif
+  }
+  TORCH_CHECK(params.is_cpu(), "gsasr native: params must be on the CPU or a CUDA device, got ", params.device());
+  return boxes_cpu(params, canvas_h, canvas_w, y0, x0, h, w);
+}
+
+torch::Tensor render(const torch::Tensor& params, const torch::Tensor& boxes, const torch::Tensor& col_range,
+                     const torch::Tensor& row_range, int64_t grid_w, int64_t tile, int64_t canvas_h, int64_t canvas_w,
+                     int64_t y0, int64_t x0, int64_t h, int64_t w) {
+  check_params(params);
+  check_geometry(canvas_h, canvas_w, y0, x0, h, w);
+  const int64_t n = params.size(0);
+  TORCH_CHECK(boxes.scalar_type() == torch::kInt32 && boxes.is_contiguous() && boxes.dim() == 2 &&
+                  boxes.size(0) == n && boxes.size(1) == 4,
+              "gsasr native: boxes must be contiguous int32 [N, 4], got ", boxes.sizes(), " ", boxes.scalar_type());
+  TORCH_CHECK(tile >= 1, "gsasr native: tile must be positive");
+  const int64_t tiles_x = (w + tile - 1) / tile, tiles_y = (h + tile - 1) / tile;
+  for (const auto* range : {&col_range, &row_range}) {
+    TORCH_CHECK(range->scalar_type() == torch::kInt64 && range->is_contiguous() && range->dim() == 2 &&
+                    range->size(1) == 2,
+                "gsasr native: tile ranges must be contiguous int64 [tiles, 2], got ", range->sizes());
+  }
+  TORCH_CHECK(col_range.size(0) == tiles_x && row_range.size(0) == tiles_y, "gsasr native: expected ", tiles_x,
+              " column ranges and ", tiles_y, " row ranges for tile ", tile);
+  TORCH_CHECK(grid_w >= 1 && (n == 0 || n % grid_w == 0), "gsasr native: grid width ", grid_w,
+              " does not divide the ", n, " Gaussians");
+  // Every range must stay inside the grid: the kernels trust it for their loads. (A few hundred values.)
+  const int64_t grid_h = n / grid_w;
+  for (const auto& [range, limit] : {std::pair{col_range, grid_w}, std::pair{row_range, grid_h}}) {
+    auto cpu = range.cpu();
+    const int64_t* v = cpu.data_ptr<int64_t>();
+    for (int64_t t = 0; t < cpu.size(0); ++t) {
+      TORCH_CHECK(v[2 * t] > v[2 * t + 1] || (v[2 * t] >= 0 && v[2 * t + 1] < limit),
+                  "gsasr native: tile range [", v[2 * t], ", ", v[2 * t + 1], "] outside the grid");
+    }
+  }
+  const auto device = params.device();
+  TORCH_CHECK(boxes.device() == device && col_range.device() == device && row_range.device() == device,
+              "gsasr native: all inputs must be on ", device);
+  if (params.is_cuda()) {
+#ifdef GSASR_WITH_CUDA
+    return render_cuda(params, boxes, col_range, row_range, grid_w, tile, canvas_h, canvas_w, y0, x0, h, w);
+#else
+    TORCH_CHECK(false, "gsasr native: built without CUDA");
+#endif
+  }
+  TORCH_CHECK(params.is_cpu(), "gsasr native: params must be on the CPU or a CUDA device, got ", device);
+  return render_cpu(params, boxes, col_range, row_range, grid_w, tile, canvas_h, canvas_w, y0, x0, h, w);
+}
+
+}  // namespace
+}  // namespace gsasr
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "GSASR native rasteriser (built by install.py; used through gsasr.render only)";
+  m.def("has_cuda", &gsasr::has_cuda, "True when this build contains the CUDA kernels");
+  m.def("boxes", &gsasr::boxes, "Per-Gaussian region-local pixel boxes [N, 4] int32 (x0, x1, y0, y1)");
+  m.def("render", &gsasr::render, "Gather-render the region: [3, h, w] float32");
+}

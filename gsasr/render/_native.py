@@ -1,0 +1,138 @@
+"""The compiled rasteriser (``cuda/``, built by ``install.py``): finding it, and preparing its inputs.
+
+Only :mod:`gsasr.render` imports this file, and only when a compiled backend is first considered. :func:`load`
+imports the already-built module from the build folder of :mod:`gsasr.render._build`; it compiles nothing unless
+``GSASR_JIT=1`` asks for it (a build takes a minute or more, which must never happen silently mid-run).
+
+:func:`render` splits the work the way the kernels expect (``cuda/gsasr_math.h``):
+
+1. per-Gaussian terms in PyTorch, by :func:`gsasr.render.reference.gaussian_terms` (the activations every
+   backend shares), plus the support radius ``min(dmax, k sigma)`` with k = :data:`NATIVE_SIGMA_CUTOFF`;
+2. ``ext.boxes``: each Gaussian's exact pixel box in the region (the official float32 window test);
+3. the tile ranges: GSASR's Gaussians are a row-major grid (4 x 4 per LR pixel), so the Gaussians that reach an
+   output tile are found in a rectangle of that grid. Per grid column (and row) we take the union of its
+   Gaussians' boxes from the actual boxes, and give each tile the first..last grid column (row) whose union
+   meets it. Every Gaussian that reaches a tile lies in that rectangle whatever its offset, so the result is
+   exact for any input; the grid layout only decides how few candidates each tile has to test;
+4. ``ext.render``: the gather kernel.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import sys
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+from . import _build
+from .reference import gaussian_terms, scale_pair, support_radius
+
+JIT_ENV_VAR = "GSASR_JIT"
+
+NATIVE_SIGMA_CUTOFF: float = 6.0
+"""k of the compiled kernels' k-sigma support. Any weight they drop is below exp(-k^2/2) = 1.5e-8 (the smallest
+value of the quadratic form at |dx| = k sig_w is k^2), against exp(-32) for the reference's k = 8; with the few
+hundred Gaussians that can reach a pixel that stays far below the 1e-5 parity contract, and the boxes have ~45 %
+fewer pixels."""
+
+TILE = {"cpu": 32, "cuda": 16}
+"""Output tile side of each kernel (cuda/render_cpu.cpp kTile, cuda/render_cuda.cu kTileCuda)."""
+
+
+class NativeUnavailable(Exception):
+    """The compiled module cannot be used; the message says why and what to do."""
+
+
+def _import(path) -> ModuleType:
+    if _build.NAME in sys.modules:  # already imported in this process (e.g. built by GSASR_JIT)
+        return sys.modules[_build.NAME]
+    spec = importlib.util.spec_from_file_location(_build.NAME, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules[_build.NAME] = module
+    return module
+
+
+def load() -> ModuleType:
+    """The compiled module: the CUDA build when PyTorch has CUDA and it was built, else the CPU build.
+
+    Raises:
+        NativeUnavailable: not built (and ``GSASR_JIT`` is not 1), or built for another torch and failing to load.
+    """
+    choices = (True, False) if _build.torch_cuda_version() is not None else (False,)
+    for with_cuda in choices:
+        path = _build.library_path(with_cuda)
+        if path.is_file():
+            try:
+                return _import(path)
+            except (ImportError, OSError) as exc:
+                raise NativeUnavailable(f"the native rasteriser at {path} failed to load ({exc}); rebuild it "
+                                        f"with `python install.py`") from exc
+    if os.environ.get(JIT_ENV_VAR, "").strip() == "1":
+        try:
+            return _build.build(with_cuda=_build.cuda_reason() is None)
+        except Exception as exc:  # a compiler error: report it as the backend's reason
+            raise NativeUnavailable(f"building the native rasteriser ({JIT_ENV_VAR}=1) failed: {exc}") from exc
+    raise NativeUnavailable("the native rasteriser is not built; run `python install.py` in the ComfyUI-GSASR "
+                            f"folder (or set {JIT_ENV_VAR}=1 to build it on first use)")
+
+
+def grid_width(n: int, canvas_hw: tuple[int, int], scale: float | tuple[float, float]) -> int:
+    """Gaussians per grid row: 4 Wp for the padded LR width Wp that fits the canvas, or n (one row) if none does.
+
+    Only speed depends on this guess (see the module docstring): a wrong one makes tiles test more candidates.
+    """
+    scale_h, scale_w = scale_pair(scale)
+    canvas_h, canvas_w = canvas_hw
+    best, best_cost = n, math.inf
+    lr_w = canvas_w / scale_w
+    for wp in range(max(1, math.floor(lr_w) - 2), math.ceil(lr_w) + 3):
+        if n % (4 * wp) == 0:
+            cost = abs(n // (4 * wp) / 4 * scale_h - canvas_h) + abs(wp * scale_w - canvas_w)
+            if cost < best_cost:
+                best, best_cost = 4 * wp, cost
+    return max(best, 1)
+
+
+def tile_ranges(first: Tensor, last: Tensor, length: int, tile: int) -> Tensor:
+    """[tiles, 2] int64: per tile of an axis of ``length`` pixels, the first and last grid line (column or row)
+    whose pixel union ``[first, last]`` (per line, empty when first > last) meets the tile; (1, 0) when none."""
+    starts = torch.arange(0, length, tile, device=first.device)
+    ends = (starts + tile - 1).clamp_max(length - 1)
+    hit = (first[None, :] <= ends[:, None]) & (last[None, :] >= starts[:, None]) & (first <= last)[None, :]
+    lines = hit.shape[1]
+    any_hit = hit.any(dim=1)
+    lo = hit.to(torch.uint8).argmax(dim=1)
+    hi = lines - 1 - hit.flip(1).to(torch.uint8).argmax(dim=1)
+    lo = torch.where(any_hit, lo, torch.ones_like(lo))
+    hi = torch.where(any_hit, hi, torch.zeros_like(hi))
+    return torch.stack([lo, hi], dim=1).long().contiguous()
+
+
+def render(ext: ModuleType, gaussians: Tensor, scale: float | tuple[float, float], canvas_hw: tuple[int, int],
+           dmax: float, region: tuple[int, int, int, int]) -> Tensor:
+    """Render with the compiled kernels; same contract as :func:`gsasr.render.render_gaussians` (inputs checked)."""
+    canvas_h, canvas_w = canvas_hw
+    y0, x0, h, w = region
+    n = gaussians.shape[0]
+    if n == 0:
+        return torch.zeros(3, h, w, dtype=torch.float32, device=gaussians.device)
+    terms = gaussian_terms(gaussians, scale, canvas_hw)  # float32 (fp16/bf16 upcast), on the Gaussians' device
+    radius = support_radius(terms.sigma, dmax, NATIVE_SIGMA_CUTOFF)
+    params = torch.cat([terms.centre, radius, terms.conic, terms.colour], dim=1).contiguous()
+    boxes = ext.boxes(params, canvas_h, canvas_w, y0, x0, h, w)
+
+    grid_w = grid_width(n, canvas_hw, scale)
+    empty = boxes[:, 0] > boxes[:, 1]
+    big = torch.iinfo(torch.int32).max
+    lo_x = boxes[:, 0].masked_fill(empty, big).view(-1, grid_w)
+    hi_x = boxes[:, 1].masked_fill(empty, -1).view(-1, grid_w)
+    lo_y = boxes[:, 2].masked_fill(empty, big).view(-1, grid_w)
+    hi_y = boxes[:, 3].masked_fill(empty, -1).view(-1, grid_w)
+    tile = TILE["cuda" if gaussians.device.type == "cuda" else "cpu"]
+    cols = tile_ranges(lo_x.amin(dim=0), hi_x.amax(dim=0), w, tile)
+    rows = tile_ranges(lo_y.amin(dim=1), hi_y.amax(dim=1), h, tile)
+    return ext.render(params, boxes, cols, rows, grid_w, tile, canvas_h, canvas_w, y0, x0, h, w)

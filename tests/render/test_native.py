@@ -1,0 +1,211 @@
+"""The compiled rasterisers (cpu, cuda) against the PyTorch reference, on fresh random inputs and golden data.
+
+Every available compiled backend is compared with ``backend="torch"``; a backend that is not built here skips
+with the build's reason, except in CI (CI=true), where the cpu backend must exist (.ci/run builds it).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import golden_folder, load_golden
+from tolerances import NATIVE_GOLDEN_RENDER_ABS, NATIVE_RENDER_ABS
+
+from gsasr import render
+from gsasr.errors import BackendUnavailableError
+from gsasr.render import _build, _native
+
+DENOMINATOR = {"EDSR": 12, "RDN": 12, "EDSR_DIV2K": 12, "RDN_DIV2K": 12, "SWIN": 24, "SWIN_DIV2K": 16,
+               "HATL_SA1B": 16}
+
+
+def _device(backend: str) -> torch.device:
+    reason = render.available_backends()[backend]
+    if reason is not None:
+        pytest.skip(f"the {backend} backend is unavailable: {reason}")
+    return torch.device(backend)
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def backend(request) -> str:
+    _device(request.param)
+    return request.param
+
+
+def _grid_gaussians(hp: int, wp: int, seed: int, *, offset: float = 1.0, extremes: bool = True) -> torch.Tensor:
+    """[16 hp wp, 9] raw parameters laid out like the decoder's: a row-major 4hp x 4wp grid, each mean at its
+    cell centre plus a random offset (``offset`` cells std), with rho near +-1, tiny and wide sigmas."""
+    gen = torch.Generator().manual_seed(seed)
+    gh, gw = 4 * hp, 4 * wp
+    raw = torch.randn(gh * gw, 9, generator=gen)
+    ys, xs = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    raw[:, 7] = ((xs.reshape(-1) + 0.5) + offset * torch.randn(gh * gw, generator=gen)) / gw
+    raw[:, 8] = ((ys.reshape(-1) + 0.5) + offset * torch.randn(gh * gw, generator=gen)) / gh
+    if extremes and raw.shape[0] >= 8:
+        raw[0, 2], raw[1, 2] = 9.0, -9.0  # rho = +-0.999999
+        raw[2, 0:2] = -14.0  # sigma ~ 1e-6
+        raw[3, 0:2] = 12.0  # sigma ~ 1
+        raw[4, 0], raw[4, 1] = -14.0, 12.0  # a line
+        raw[5, 7:9] = torch.tensor([1.4, -0.3])  # centre outside the canvas
+        raw[6, 7:9] = torch.tensor([5.0, -4.0])  # far outside
+    return raw
+
+
+def _random_gaussians(n: int, seed: int) -> torch.Tensor:
+    """[n, 9] with no grid layout at all (means anywhere in [-0.3, 1.3]): exact, only slower."""
+    gen = torch.Generator().manual_seed(seed)
+    raw = torch.randn(n, 9, generator=gen)
+    raw[:, 7:9] = torch.rand(n, 2, generator=gen) * 1.6 - 0.3
+    raw[:8, 2] = torch.tensor([9.0, -9.0, 6.0, -6.0, 0.0, 0.0, 0.0, 0.0])
+    return raw
+
+
+def _assert_matches_reference(raw: torch.Tensor, backend: str, scale, canvas, **kwargs) -> None:
+    expected = render.render_gaussians(raw, scale, canvas, backend="torch", **kwargs)
+    out = render.render_gaussians(raw.to(_device(backend)), scale, canvas, backend=backend, **kwargs)
+    assert out.device.type == backend and out.dtype == torch.float32 and out.shape == expected.shape
+    assert bool(torch.isfinite(out).all())
+    torch.testing.assert_close(out.cpu(), expected, atol=NATIVE_RENDER_ABS, rtol=0)
+
+
+def test_ci_builds_the_cpu_backend():
+    if os.environ.get("CI", "").lower() != "true":
+        pytest.skip("only enforced in CI (CI=true), where .ci/run runs install.py")
+    assert render.available_backends()["cpu"] is None, render.available_backends()["cpu"]
+
+
+GRID_CASES = [  # (hp, wp), scale, dmax, dtype
+    ((6, 8), 4.0, 0.1, torch.float32),
+    ((5, 7), 3.7, 0.1, torch.float32),
+    ((4, 4), 12.0, 0.05, torch.float32),
+    ((9, 3), 1.5, 0.5, torch.float32),
+    ((3, 5), 2.0, 2.0, torch.float32),  # window wider than the canvas
+    ((1, 6), 3.0, 0.1, torch.float32),
+    ((8, 8), 2.0, 0.02, torch.float32),  # window narrower than the Gaussians
+    ((5, 6), 3.7, 0.1, torch.float16),
+    ((5, 6), 3.7, 0.1, torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize(("lr", "scale", "dmax", "dtype"), GRID_CASES)
+def test_grid_gaussians_match_the_reference(backend, lr, scale, dmax, dtype):
+    hp, wp = lr
+    raw = _grid_gaussians(hp, wp, seed=hp * 31 + wp).to(dtype)
+    canvas = (math.floor(scale * hp), math.floor(scale * wp))
+    _assert_matches_reference(raw, backend, scale, canvas, dmax=dmax)
+
+
+@pytest.mark.parametrize(("canvas", "scale", "dmax"), [((17, 23), 3.7, 0.1), ((1, 19), 3.0, 0.1),
+                                                       ((19, 1), 3.0, 0.5), ((1, 1), 2.0, 0.1),
+                                                       ((2, 3), 1.2, 0.1), ((40, 70), 6.0, 0.3)])
+def test_gaussians_without_grid_layout_match_the_reference(backend, canvas, scale, dmax):
+    _assert_matches_reference(_random_gaussians(60, seed=sum(canvas)), backend, scale, canvas, dmax=dmax)
+
+
+@pytest.mark.parametrize("region", [(0, 0, 37, 45), (5, 9, 20, 11), (36, 44, 1, 1), (0, 30, 37, 15),
+                                    (12, 0, 1, 45), (3, 33, 34, 12)])
+def test_regions_match_the_reference(backend, region):
+    raw = _grid_gaussians(10, 12, seed=5)
+    _assert_matches_reference(raw, backend, 3.7, (37, 45), dmax=0.2, region=region)
+
+
+def test_anisotropic_scales_match_the_reference(backend):
+    raw = _grid_gaussians(7, 9, seed=9)
+    _assert_matches_reference(raw, backend, (2.5, 4.0), (17, 36))
+
+
+def test_a_large_tight_offset_grid_matches_the_reference(backend):
+    # Decoder-like offsets (a fraction of a cell) over many tiles: the path the fast grid gather takes.
+    raw = _grid_gaussians(24, 20, seed=3, offset=0.3)
+    _assert_matches_reference(raw, backend, 4.0, (96, 80))
+
+
+def test_empty_inputs_render_black(backend):
+    out = render.render_gaussians(torch.zeros(0, 9, device=_device(backend)), 2.0, (5, 6), backend=backend)
+    assert torch.equal(out.cpu(), torch.zeros(3, 5, 6))
+
+
+def _golden_cases() -> list[tuple[str, str]]:
+    folder = golden_folder()
+    names = sorted(p.name for p in Path(folder).glob("case_*.npz")) if folder.is_dir() else []
+    cases = []
+    for name in names:
+        arch = next((a for a in sorted(DENOMINATOR, key=len, reverse=True) if name.startswith(f"case_{a}_")), None)
+        if arch is not None:
+            cases.append((arch, name[5:-4]))
+    return cases
+
+
+@pytest.mark.parametrize(("arch", "case_name"), _golden_cases() or [pytest.param("none", "none", marks=pytest.mark.skip(
+    reason="no golden data: neither ../shared/golden beside the repository nor tests/golden"))])
+def test_golden_gaussians_render_to_the_official_output(backend, arch, case_name):
+    case = next(c for c in load_golden().cases(arch, folder=str(golden_folder())) if c["name"] == case_name)
+    scale = case["scale"]
+    h, w = case["lr"].shape[-2:]
+    hp, wp = (math.ceil(n / DENOMINATOR[arch]) * DENOMINATOR[arch] for n in (h, w))
+    gaussians = torch.from_numpy(case["gs_raw"]).to(_device(backend))
+    expected = torch.from_numpy(case["sr"])[0]
+    canvas = (math.floor(scale * hp), math.floor(scale * wp))
+    out = render.render_gaussians(gaussians, scale, canvas, region=(0, 0, *expected.shape[-2:]), backend=backend)
+    torch.testing.assert_close(out.cpu(), expected, atol=NATIVE_GOLDEN_RENDER_ABS, rtol=0)
+
+
+def test_the_extension_checks_its_inputs(backend):
+    ext, _ = render._compiled()
+    device = _device(backend)
+    params = torch.zeros(4, 11, device=device)
+    with pytest.raises(RuntimeError, match="params must be"):
+        ext.boxes(params[:, :9], 4, 4, 0, 0, 4, 4)
+    with pytest.raises(RuntimeError, match="float32"):
+        ext.boxes(params.double(), 4, 4, 0, 0, 4, 4)
+    with pytest.raises(RuntimeError, match="region"):
+        ext.boxes(params, 4, 4, 0, 0, 5, 4)
+    boxes = ext.boxes(params, 4, 4, 0, 0, 4, 4)
+    ranges = torch.tensor([[0, 9]], device=device)  # past the 1 x 4 grid
+    with pytest.raises(RuntimeError, match="outside the grid"):
+        ext.render(params, boxes, ranges, torch.tensor([[0, 0]], device=device), 4, _native.TILE[backend],
+                   4, 4, 0, 0, 4, 4)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading and fallback (no build needed)
+# ----------------------------------------------------------------------------------------------------------------
+
+def test_an_unbuilt_module_is_not_compiled_unless_asked(tmp_path, monkeypatch):
+    monkeypatch.setattr(_build, "library_path", lambda with_cuda: tmp_path / "absent.so")
+    monkeypatch.delenv(_native.JIT_ENV_VAR, raising=False)
+    monkeypatch.setattr(_build, "build", lambda **kwargs: pytest.fail("compiled without GSASR_JIT=1"))
+    with pytest.raises(_native.NativeUnavailable, match="install.py"):
+        _native.load()
+
+
+def test_auto_falls_back_with_one_log_line_and_explicit_choice_raises(monkeypatch, caplog):
+    monkeypatch.delenv(render.ENV_VAR, raising=False)
+    monkeypatch.setattr(render, "_compiled_cache", (None, "not built for this test"))
+    monkeypatch.setattr(render, "_fallback_logged", False)
+    with caplog.at_level(logging.WARNING, logger="gsasr.render"):
+        assert render.active_backend("cpu") == "torch"
+        assert render.active_backend("cpu") == "torch"
+        render.render_gaussians(torch.zeros(2, 9), 2.0, (4, 4))
+    assert [r.getMessage() for r in caplog.records].count(
+        "GSASR: rendering with the slower PyTorch reference: not built for this test.") == 1
+    with pytest.raises(BackendUnavailableError, match="not built for this test"):
+        render.render_gaussians(torch.zeros(2, 9), 2.0, (4, 4), backend="cpu")
+
+
+def test_the_build_folder_is_keyed_by_versions():
+    folder = _build.build_dir(False)
+    assert torch.__version__ in folder.name and "cpu" in folder.name
+    assert f"py{sys.version_info.major}{sys.version_info.minor}" in folder.name
+    assert _build.library_path(False).parent == folder
+
+
+def test_grid_width_finds_the_decoder_layout():
+    assert _native.grid_width(16 * 6 * 8, (24, 32), 4.0) == 32
+    assert _native.grid_width(16 * 5 * 7, (18, 25), 3.7) == 28
+    assert _native.grid_width(7, (10, 10), 2.0) == 7  # no layout fits: one row (exact, slower)
