@@ -1,6 +1,6 @@
 // The arithmetic of the GSASR rasteriser, shared by the CPU and CUDA kernels so that both compute exactly the
 // same float32 values as gsasr/render/reference.py (the specification): same window test, same order of
-// operations in the quadratic form, same flush of tiny weights. Nothing here allocates or knows about tensors.
+// operations in the quadratic form, same clamp of the exponent. Nothing here allocates or knows about tensors.
 //
 // Every kernel is compiled without floating-point contraction (-ffp-contract=off, nvcc -fmad=false): the
 // quadratic form cancels badly when |rho| -> 1, so a fused multiply-add would change the weight, not just its
@@ -23,20 +23,11 @@ namespace gsasr {
 // gaussian_terms(): the activations and unit conversion are done once, in PyTorch, for every backend).
 enum Param : int { kCx, kCy, kRx, kRy, kA, kB, kC, kD, kR, kG, kBlue, kParams };
 
-// Exponents below this give float32 subnormals (slow, and invisible in a sum); the reference clamps here and
-// then sets weights at or below kWeightFloor to exactly 0. Above kExpCeil expf would overflow; the quadratic
-// form can only go slightly negative (float cancellation), so that clamp never bites in practice.
+// Exponents below this give float32 subnormals (slow, and invisible in a sum); the reference clamps here too.
+// Above kExpCeil exp would overflow; the quadratic form can only go slightly negative (float cancellation), so
+// that clamp never bites in practice.
 constexpr float kExpFloor = -87.0f;
 constexpr float kExpCeil = 88.0f;
-constexpr float kWeightFloor = 1e-37f;
-
-GSASR_HD float floor_f(float x) {
-#if defined(__CUDA_ARCH__)
-  return floorf(x);
-#else
-  return std::floor(x);
-#endif
-}
 
 GSASR_HD double floor_d(double x) {
 #if defined(__CUDA_ARCH__)
@@ -99,7 +90,9 @@ GSASR_HD float bits_to_float(int32_t bits) {
 // two parts so n ln2 is exact), then a degree-7 Taylor polynomial (truncation < 6e-9 relative), times 2^n built
 // from its exponent bits. The same code runs on the GPU, so both backends round identically.
 GSASR_HD float exp_bounded(float e) {
-  const float n = floor_f(e * 1.44269504f + 0.5f);
+  // floor(e log2e + 1/2) by truncating a positive number (e >= kExpFloor): plain conversions vectorise.
+  const int32_t k = static_cast<int32_t>(e * 1.44269504f + 128.5f) - 128;
+  const float n = static_cast<float>(k);
   const float t = (e - n * 0.693359375f) - n * -2.12194440e-4f;
   float p = 1.0f / 5040.0f;
   p = p * t + 1.0f / 720.0f;
@@ -109,16 +102,22 @@ GSASR_HD float exp_bounded(float e) {
   p = p * t + 0.5f;
   p = p * t + 1.0f;
   p = p * t + 1.0f;
-  return p * bits_to_float((static_cast<int32_t>(n) + 127) << 23);
+  return p * bits_to_float((k + 127) << 23);
 }
 
 // The weight of a Gaussian at offset (dx, dy), given the row term cdy2 = (C dy) dy. Operation order is the
 // reference's: ((A dx) dx - (B dx) dy + (C dy) dy) * D, then exp, then the flush of tiny weights.
 GSASR_HD float weight(float dx, float dy, float cdy2, float a, float b, float d) {
   float e = ((a * dx) * dx - (b * dx) * dy + cdy2) * d;
-  e = e < kExpFloor ? kExpFloor : (e > kExpCeil ? kExpCeil : e);
-  const float w = exp_bounded(e);
-  return w > kWeightFloor ? w : 0.0f;
+  // min/max (not branches) so the CPU loop vectorises (with -ffinite-math-only, see _build.py).
+#if defined(__CUDA_ARCH__)
+  e = fminf(fmaxf(e, kExpFloor), kExpCeil);
+#else
+  e = __builtin_fminf(__builtin_fmaxf(e, kExpFloor), kExpCeil);
+#endif
+  // Unlike the reference we keep, rather than zero, weights in (exp(-87), 1e-37]: below 1e-37 each, they cannot
+  // show in a float32 sum, and a select here stops GCC vectorising the loop.
+  return exp_bounded(e);
 }
 
 }  // namespace gsasr
