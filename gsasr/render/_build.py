@@ -27,8 +27,11 @@ HEADERS = ("gsasr_math.h",)
 # vectorised for its widest SIMD; a copied build folder is keyed by versions, not CPUs (rebuild if moved).
 # -ffinite-math-only -fno-signed-zeros only let GCC turn the exponent clamp into vector min/max: inputs are
 # checked finite and every value in the kernels is bounded; they change no rounding.
+# -fopenmp: at::parallel_for is a header template whose OpenMP pragmas are compiled here; without the flag the
+# tiles would run on one thread.
 CXX_FLAGS = (["-O3", "-ffp-contract=off", "-fno-math-errno", "-ffinite-math-only", "-fno-signed-zeros",
-              "-march=native"] if os.name != "nt" else ["/O2", "/fp:precise"])
+              "-march=native", "-fopenmp"] if os.name != "nt" else ["/O2", "/fp:precise", "/openmp"])
+LD_FLAGS = ["-fopenmp"] if os.name != "nt" else []
 NVCC_FLAGS = ["-O3", "-fmad=false", "-DGSASR_WITH_CUDA"]
 
 
@@ -85,5 +88,5 @@ def build(with_cuda: bool, verbose: bool = False):
     cflags = CXX_FLAGS + (["-DGSASR_WITH_CUDA"] if with_cuda else [])
     return cpp_extension.load(name=NAME, sources=sources(with_cuda), extra_cflags=cflags,
                               extra_cuda_cflags=NVCC_FLAGS if with_cuda else None,
-                              extra_include_paths=[str(SOURCE_DIR)], build_directory=str(folder),
+                              extra_include_paths=[str(SOURCE_DIR)], extra_ldflags=LD_FLAGS, build_directory=str(folder),
                               with_cuda=with_cuda, verbose=verbose)
