@@ -5,7 +5,7 @@
 // parameter loads are warp-uniform broadcasts; each thread accumulates its pixel in registers and writes it
 // once. No atomics, no shared-memory staging, no sorting: kept simple so that it is obviously the CPU
 // kernel's arithmetic (gsasr_math.h), compiled with -fmad=false like the CPU's -ffp-contract=off.
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <ATen/ATen.h>
@@ -78,7 +78,7 @@ at::Tensor boxes_cuda(const at::Tensor& params, int64_t canvas_h, int64_t canvas
   if (n == 0) return boxes;
   const int threads = 256;
   const auto blocks = static_cast<unsigned int>((n + threads - 1) / threads);
-  boxes_kernel<<<blocks, threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+  boxes_kernel<<<blocks, threads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       params.data_ptr<float>(), n, canvas_h, canvas_w, y0, x0, h, w, boxes.data_ptr<int32_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return boxes;
@@ -94,7 +94,7 @@ at::Tensor render_cuda(const at::Tensor& params, const at::Tensor& boxes, const 
                     static_cast<unsigned int>((h + kTileCuda - 1) / kTileCuda));
   TORCH_CHECK(blocks.y <= 65535, "gsasr native cuda: region too tall (", h, " rows); render it in strips");
   const dim3 threads(kTileCuda, kTileCuda);
-  render_kernel<<<blocks, threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+  render_kernel<<<blocks, threads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       params.data_ptr<float>(), boxes.data_ptr<int32_t>(), col_range.data_ptr<int64_t>(),
       row_range.data_ptr<int64_t>(), grid_w, canvas_h, canvas_w, y0, x0, h, w, image.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
