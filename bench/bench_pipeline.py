@@ -9,16 +9,15 @@ header, a table and a last line ``RESULT key=value ...``.
 from __future__ import annotations
 
 import argparse
-import platform
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _environment import environment_header  # bench/ is on sys.path when a benchmark runs
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -29,17 +28,6 @@ from gsasr.model import output_geometry, pad_to_multiple  # noqa: E402
 from gsasr.render import active_backend, render_gaussians  # noqa: E402
 
 ARCHS = ["EDSR", "RDN", "SWIN", "EDSR_DIV2K", "RDN_DIV2K", "SWIN_DIV2K", "HATL_SA1B"]
-
-
-def environment(device: torch.device) -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                text=True).stdout.strip()
-    except OSError:
-        commit = "?"
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    return (f"# commit {commit} | torch {torch.__version__} | python {platform.python_version()} | device {device} "
-            f"({name}) | threads {torch.get_num_threads()} | renderer {active_backend(device)} | dtype float32")
 
 
 def sync(device: torch.device) -> None:
@@ -95,7 +83,7 @@ def main() -> None:
     from conftest import load_golden
 
     golden = load_golden()
-    print(environment(device))
+    print(environment_header(device, active_backend(device)))
     print(f"{'arch':<11} {'LR':>9} {'out':>11} {'encoder s':>10} {'decoder s':>10} {'render s':>9} "
           f"{'total s':>8} {'out MP/s':>9} {'peak MB':>8}  (CPU: process peak RSS so far)")
     results = {}

@@ -12,32 +12,20 @@ header, a fixed-column table, and a last line ``RESULT key=value ...``.
 from __future__ import annotations
 
 import argparse
-import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from _environment import environment_header  # bench/ is on sys.path when a benchmark runs
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from gsasr.render import available_backends, render_gaussians  # noqa: E402
 from gsasr.render.reference import gaussian_terms, support_radius  # noqa: E402
-
-
-def environment(device: torch.device, backends: list[str]) -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                text=True).stdout.strip()
-    except OSError:
-        commit = "?"
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    return (f"# commit {commit} | torch {torch.__version__} | python {platform.python_version()} | device {device} "
-            f"({name}) | threads {torch.get_num_threads()} | backends {','.join(backends)} | dtype float32")
 
 
 def decoder_like(lr: int, seed: int = 0) -> torch.Tensor:
@@ -89,7 +77,7 @@ def main() -> None:
     status = available_backends()
     native = "cuda" if device.type == "cuda" else "cpu"
     backends = ["torch"] + ([native] if status[native] is None else [])
-    print(environment(device, backends))
+    print(environment_header(device, ','.join(backends)))
     if status[native] is not None:
         print(f"# {native} backend unavailable: {status[native]}")
     print(f"{'backend':<8} {'LR':>5} {'scale':>5} {'output':>11} {'median ms':>10} {'p90 ms':>9} "

@@ -67,3 +67,43 @@ def write_official_folder(folder: Path, form: str = "enhanced", wrapper: str = "
 @pytest.fixture
 def tiny_model_dir(tmp_path: Path) -> Path:
     return write_official_folder(tmp_path / "tiny_model")
+
+
+# ------------------------------------------------------------------ golden Gaussians -> golden image, per backend
+
+# LR sides are padded to a multiple of this (the LCM of encoder and decoder windows, spec A.1).
+GOLDEN_DENOMINATOR = {"EDSR": 12, "RDN": 12, "EDSR_DIV2K": 12, "RDN_DIV2K": 12, "SWIN": 24, "SWIN_DIV2K": 16,
+                      "HATL_SA1B": 16}
+
+
+def golden_render_params() -> list:
+    """pytest params (arch, case name) for every golden case, or one skipped param when there is no golden data."""
+    folder = golden_folder()
+    names = sorted(p.name for p in folder.glob("case_*.npz")) if folder.is_dir() else []
+    params = []
+    for name in names:
+        arch = next((a for a in sorted(GOLDEN_DENOMINATOR, key=len, reverse=True) if name.startswith(f"case_{a}_")),
+                    None)
+        if arch is not None:
+            params.append(pytest.param(arch, name[5:-4], id=name[5:-4]))
+    return params or [pytest.param("none", "none", marks=pytest.mark.skip(
+        reason="no golden data: neither ../shared/golden beside the repository nor tests/golden"))]
+
+
+def render_golden_case(arch: str, case_name: str, backend: str, device: str = "cpu"):
+    """(rendered, expected): a case's golden gs_raw through render_gaussians(backend), and its golden sr."""
+    import math
+
+    from gsasr.render import render_gaussians
+
+    case = next(c for c in load_golden().cases(arch, str(golden_folder())) if c["name"] == case_name)
+    scale = case["scale"]
+    den = GOLDEN_DENOMINATOR[arch]
+    hp, wp = (math.ceil(n / den) * den for n in case["lr"].shape[-2:])
+    gaussians = torch.from_numpy(case["gs_raw"]).to(device)
+    assert gaussians.shape == (16 * hp * wp, 9)
+    expected = torch.from_numpy(case["sr"])[0]
+    canvas = (math.floor(scale * hp), math.floor(scale * wp))
+    out = render_gaussians(gaussians, scale, canvas, region=(0, 0, *expected.shape[-2:]), backend=backend)
+    assert out.dtype == torch.float32 and out.shape == expected.shape
+    return out.cpu(), expected

@@ -9,19 +9,15 @@ import logging
 import math
 import os
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import golden_folder, load_golden
+from conftest import golden_render_params, render_golden_case
 from tolerances import NATIVE_GOLDEN_RENDER_ABS, NATIVE_RENDER_ABS
 
 from gsasr import render
 from gsasr.errors import BackendUnavailableError
 from gsasr.render import _build, _native
-
-DENOMINATOR = {"EDSR": 12, "RDN": 12, "EDSR_DIV2K": 12, "RDN_DIV2K": 12, "SWIN": 24, "SWIN_DIV2K": 16,
-               "HATL_SA1B": 16}
 
 
 def _device(backend: str) -> torch.device:
@@ -130,29 +126,10 @@ def test_empty_inputs_render_black(backend):
     assert torch.equal(out.cpu(), torch.zeros(3, 5, 6))
 
 
-def _golden_cases() -> list[tuple[str, str]]:
-    folder = golden_folder()
-    names = sorted(p.name for p in Path(folder).glob("case_*.npz")) if folder.is_dir() else []
-    cases = []
-    for name in names:
-        arch = next((a for a in sorted(DENOMINATOR, key=len, reverse=True) if name.startswith(f"case_{a}_")), None)
-        if arch is not None:
-            cases.append((arch, name[5:-4]))
-    return cases
-
-
-@pytest.mark.parametrize(("arch", "case_name"), _golden_cases() or [pytest.param("none", "none", marks=pytest.mark.skip(
-    reason="no golden data: neither ../shared/golden beside the repository nor tests/golden"))])
+@pytest.mark.parametrize(("arch", "case_name"), golden_render_params())
 def test_golden_gaussians_render_to_the_official_output(backend, arch, case_name):
-    case = next(c for c in load_golden().cases(arch, folder=str(golden_folder())) if c["name"] == case_name)
-    scale = case["scale"]
-    h, w = case["lr"].shape[-2:]
-    hp, wp = (math.ceil(n / DENOMINATOR[arch]) * DENOMINATOR[arch] for n in (h, w))
-    gaussians = torch.from_numpy(case["gs_raw"]).to(_device(backend))
-    expected = torch.from_numpy(case["sr"])[0]
-    canvas = (math.floor(scale * hp), math.floor(scale * wp))
-    out = render.render_gaussians(gaussians, scale, canvas, region=(0, 0, *expected.shape[-2:]), backend=backend)
-    torch.testing.assert_close(out.cpu(), expected, atol=NATIVE_GOLDEN_RENDER_ABS, rtol=0)
+    out, expected = render_golden_case(arch, case_name, backend, _device(backend))
+    torch.testing.assert_close(out, expected, atol=NATIVE_GOLDEN_RENDER_ABS, rtol=0)
 
 
 def test_the_extension_checks_its_inputs(backend):

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import golden_folder, load_golden
+from conftest import golden_render_params, render_golden_case
 from tolerances import (
     GOLDEN_RENDER_ABS,
     RENDER_FLOAT64_ATOL,
@@ -30,9 +29,6 @@ from gsasr.errors import BackendUnavailableError, InvalidInputError
 from gsasr.render import reference
 
 # Padding multiple of each architecture (GSASR_SPEC.md A.1): the golden Gaussians cover the padded LR image.
-DENOMINATOR = {"EDSR": 12, "RDN": 12, "EDSR_DIV2K": 12, "RDN_DIV2K": 12, "SWIN": 24, "SWIN_DIV2K": 16,
-               "HATL_SA1B": 16}
-
 
 def _assert_sum_order_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
     torch.testing.assert_close(actual, expected.to(actual.dtype), atol=RENDER_SUM_ORDER_ATOL,
@@ -141,30 +137,9 @@ def _random_gaussians(n: int, seed: int, *, rho_scale: float = 1.0, sigma_shift:
 # Golden parity: the official model's Gaussians render to the official output
 # ----------------------------------------------------------------------------------------------------------------
 
-def _golden_cases() -> list[tuple[str, str]]:
-    folder = golden_folder()
-    names = sorted(p.name for p in Path(folder).glob("case_*.npz")) if folder.is_dir() else []
-    cases = []
-    for name in names:
-        arch = next((a for a in sorted(DENOMINATOR, key=len, reverse=True) if name.startswith(f"case_{a}_")), None)
-        if arch is not None:
-            cases.append((arch, name[5:-4]))
-    return cases
-
-
-@pytest.mark.parametrize(("arch", "case_name"), _golden_cases() or [pytest.param("none", "none", marks=pytest.mark.skip(
-    reason="no golden data: neither ../shared/golden beside the repository nor tests/golden"))])
+@pytest.mark.parametrize(("arch", "case_name"), golden_render_params())
 def test_golden_gaussians_render_to_the_official_output(arch: str, case_name: str):
-    case = next(c for c in load_golden().cases(arch, folder=str(golden_folder())) if c["name"] == case_name)
-    scale = case["scale"]
-    h, w = case["lr"].shape[-2:]
-    hp, wp = (math.ceil(n / DENOMINATOR[arch]) * DENOMINATOR[arch] for n in (h, w))
-    gaussians = torch.from_numpy(case["gs_raw"])
-    assert gaussians.shape == (16 * hp * wp, 9)
-    expected = torch.from_numpy(case["sr"])[0]
-    canvas = (math.floor(scale * hp), math.floor(scale * wp))
-    out = render.render_gaussians(gaussians, scale, canvas, region=(0, 0, *expected.shape[-2:]), backend="torch")
-    assert out.dtype == torch.float32 and out.shape == expected.shape
+    out, expected = render_golden_case(arch, case_name, "torch")
     torch.testing.assert_close(out, expected, atol=GOLDEN_RENDER_ABS, rtol=0)
 
 
