@@ -30,36 +30,49 @@ ARCHS = ["EDSR", "RDN", "SWIN", "EDSR_DIV2K", "RDN_DIV2K", "SWIN_DIV2K", "HATL_S
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    cache = {}
+def golden_model(request, tmp_path_factory):
+    """The full-size model of one architecture, loaded from official-format files through the public API.
 
-    def get(arch):
-        if arch not in cache:
-            cache.clear()  # one full-size model in memory at a time
-            folder = load_golden().write_official_checkpoint(arch, str(tmp_path_factory.mktemp(arch)))
-            cache[arch] = gsasr.load_model(folder, device="cpu")
-        return cache[arch]
+    Module-scoped and parametrized indirectly, so pytest groups every test of an architecture together and builds
+    each model once (one in memory at a time)."""
+    arch = request.param
+    folder = load_golden().write_official_checkpoint(arch, str(tmp_path_factory.mktemp(arch)))
+    model = gsasr.load_model(folder, device="cpu")
+    model.golden_arch = arch
+    return model
 
-    return get
 
-
-def _cases():
+def _scales_present() -> list[str]:
+    """The scales of the golden cases ("2", "3.7", "4" in ../shared/golden; the compact fixture has "3.7")."""
     golden = load_golden()
-    for arch in ARCHS:
-        for case in golden.cases(arch, str(golden_folder())):
-            yield pytest.param(arch, case, id=case["name"])
+    names = [c["name"] for arch in ARCHS for c in golden.cases(arch, str(golden_folder()))]
+    return sorted({n.rsplit("_x", 1)[1] for n in names}, key=float)
 
 
-CASES = list(_cases())
+def _case(arch: str, scale: str) -> dict:
+    for case in load_golden().cases(arch, str(golden_folder())):
+        if case["name"].endswith(f"_x{scale}"):
+            return case
+    pytest.skip(f"no golden case for {arch} at x{scale}")
+
+
+SCALES = _scales_present()
+# Parametrizing the module-scoped model by architecture alone (not by (arch, case) pairs) lets pytest group all
+# tests of one architecture and build each full-size model once.
+by_arch = pytest.mark.parametrize("golden_model", ARCHS, indirect=True)
+by_scale = pytest.mark.parametrize("scale", SCALES)
+FRACTIONAL = "3.7"  # the case the compact fixture in tests/golden also has
 
 
 def _relative_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
     return ((ours.double() - ref.double()).abs() / ref.double().abs().clamp(min=1)).max().item()
 
 
-@pytest.mark.parametrize("arch, case", CASES)
-def test_golden_gaussians(models, arch: str, case: dict):
-    model = models(arch).double()
+@by_arch
+@by_scale
+def test_golden_gaussians(golden_model, scale: str):
+    case = _case(golden_model.golden_arch, scale)
+    model = golden_model.double()
     try:
         gs = model.gaussians(torch.from_numpy(case["lr"]), case["scale"])[0]
     finally:
@@ -70,9 +83,11 @@ def test_golden_gaussians(models, arch: str, case: dict):
     assert err <= GOLDEN_GS_REL, f"{case['name']}: raw Gaussian parameters differ by {err:.3g} (relative)"
 
 
-@pytest.mark.parametrize("arch, case", CASES)
-def test_golden_image_from_golden_gaussians(models, arch: str, case: dict):
-    model = models(arch)
+@by_arch
+@by_scale
+def test_golden_image_from_golden_gaussians(golden_model, scale: str):
+    case = _case(golden_model.golden_arch, scale)
+    model = golden_model
     lr = torch.from_numpy(case["lr"])
     geometry = output_geometry(lr.shape[-2:], case["scale"])
     sr = model.render(torch.from_numpy(case["gs_raw"]), lr.shape[-2:], geometry)
@@ -82,11 +97,12 @@ def test_golden_image_from_golden_gaussians(models, arch: str, case: dict):
     assert err <= GOLDEN_SR_ABS, f"{case['name']}: image differs by {err:.3g}"
 
 
-@pytest.mark.parametrize("arch, case", [c for c in CASES if "x3.7" in c.id])
-def test_float32_pipeline(models, arch: str, case: dict):
+@by_arch
+def test_float32_pipeline(golden_model):
     """The production precision: float32 Gaussians near golden (see GOLDEN_GS_REL_FLOAT32), and upscale() is
     exactly render(gaussians()) (padding, canvas, crop)."""
-    model = models(arch)
+    case = _case(golden_model.golden_arch, FRACTIONAL)
+    model = golden_model
     lr = torch.from_numpy(case["lr"])
     gs = model.gaussians(lr, case["scale"])[0]
     err = _relative_error(gs, torch.from_numpy(case["gs_raw"]))
@@ -96,11 +112,11 @@ def test_float32_pipeline(models, arch: str, case: dict):
     assert torch.equal(sr[0], model.render(gs, lr.shape[-2:], output_geometry(lr.shape[-2:], case["scale"])))
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_golden_images_are_ill_conditioned(models, arch: str):
+@by_arch
+def test_golden_images_are_ill_conditioned(golden_model):
     """The reason end-to-end images are not compared at 1e-4: one ulp of noise on the Gaussians exceeds it."""
-    case = load_golden().cases(arch, str(golden_folder()))[0]
-    model = models(arch)
+    case = _case(golden_model.golden_arch, FRACTIONAL)
+    model = golden_model
     lr = torch.from_numpy(case["lr"])
     gs = torch.from_numpy(case["gs_raw"])
     torch.manual_seed(0)
