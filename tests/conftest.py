@@ -107,3 +107,14 @@ def render_golden_case(arch: str, case_name: str, backend: str, device: str = "c
     out = render_gaussians(gaussians, scale, canvas, region=(0, 0, *expected.shape[-2:]), backend=backend)
     assert out.dtype == torch.float32 and out.shape == expected.shape
     return out.cpu(), expected
+
+
+def assert_encoder_shapes(encoder, shapes) -> None:
+    """Every encoder maps (B, 3, H, W) to (B, out_channels, H, W) for H, W multiples of its window."""
+    encoder.eval()
+    for shape in shapes:
+        assert shape[2] % encoder.window_size == 0 and shape[3] % encoder.window_size == 0, shape
+        with torch.no_grad():
+            out = encoder(torch.rand(shape))
+        assert out.shape == (shape[0], encoder.out_channels, *shape[2:]), (shape, tuple(out.shape))
+        assert torch.isfinite(out).all()

@@ -12,7 +12,7 @@ import inspect
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import load_golden
+from conftest import assert_encoder_shapes, load_golden
 from tolerances import ENCODER_REFERENCE_ABS, HAT_BF16_AUTOCAST_REL
 
 from gsasr.archs.blocks import window_partition, window_reverse
@@ -30,13 +30,10 @@ def _tiny(seed: int = 0, **overrides) -> HATEncoder:
     return HATEncoder(**{**TINY, **overrides}).eval()
 
 
-@pytest.mark.parametrize("shape", [(1, 3, 4, 4), (2, 3, 8, 12), (1, 3, 16, 4)])
-def test_shape_at_multiples_of_the_window(shape):
+def test_shape_at_multiples_of_the_window():
     enc = _tiny()
     assert enc.window_size == 4 and enc.out_channels == 16
-    with torch.no_grad():
-        out = enc(torch.rand(shape))
-    assert out.shape == (shape[0], 16, *shape[2:])
+    assert_encoder_shapes(enc, [(1, 3, 4, 4), (2, 3, 8, 12), (1, 3, 16, 4)])
 
 
 def test_released_attributes():

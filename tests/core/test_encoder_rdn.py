@@ -9,7 +9,7 @@ import inspect
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import load_golden
+from conftest import assert_encoder_shapes, load_golden
 from tolerances import ENCODER_REFERENCE_ABS
 
 from gsasr.archs.encoder_edsr import EDSREncoder
@@ -23,13 +23,10 @@ def _tiny(seed: int = 0, **overrides) -> RDNEncoder:
     return RDNEncoder(**{**TINY, **overrides}).eval()
 
 
-@pytest.mark.parametrize("shape", [(1, 3, 7, 5), (2, 3, 12, 9), (1, 3, 1, 1)])
-def test_shape_any_size(shape):
+def test_shape_any_size():
     enc = _tiny()
     assert enc.window_size == 1 and enc.out_channels == 16
-    with torch.no_grad():
-        out = enc(torch.rand(shape))
-    assert out.shape == (shape[0], 16, *shape[2:])
+    assert_encoder_shapes(enc, [(1, 3, 7, 5), (2, 3, 12, 9), (1, 3, 1, 1)])
 
 
 def _naive_forward(enc: RDNEncoder, x: torch.Tensor) -> torch.Tensor:

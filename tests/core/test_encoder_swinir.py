@@ -8,7 +8,7 @@ import inspect
 
 import pytest
 import torch
-from conftest import load_golden
+from conftest import assert_encoder_shapes, load_golden
 from tolerances import ENCODER_REFERENCE_ABS
 
 from gsasr.archs import encoder_swinir
@@ -33,13 +33,10 @@ def _tiny(seed: int = 0, **overrides) -> SwinIREncoder:
     return SwinIREncoder(**{**TINY, **overrides}).eval()
 
 
-@pytest.mark.parametrize("shape", [(1, 3, 4, 4), (2, 3, 8, 12), (1, 3, 16, 4)])
-def test_shape_at_multiples_of_the_window(shape):
+def test_shape_at_multiples_of_the_window():
     enc = _tiny()
     assert enc.window_size == 4 and enc.out_channels == 16
-    with torch.no_grad():
-        out = enc(torch.rand(shape))
-    assert out.shape == (shape[0], 16, *shape[2:])
+    assert_encoder_shapes(enc, [(1, 3, 4, 4), (2, 3, 8, 12), (1, 3, 16, 4)])
 
 
 def test_size_not_a_multiple_of_the_window_is_refused():
