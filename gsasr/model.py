@@ -221,7 +221,8 @@ class GSASRModel(nn.Module):
     @torch.inference_mode()
     def upscale(self, image: torch.Tensor, scale: float | None = None, *, size: tuple[int, int] | None = None,
                 clamp: bool = True, amp: str = "off", dmax: float = 0.1, backend: str = "auto",
-                tile: int | None = None, progress: ProgressFn | None = None) -> torch.Tensor:
+                tile: int | None = None, progress: ProgressFn | None = None,
+                interrupt: Callable[[], None] | None = None) -> torch.Tensor:
         """Upscale (B, C, H, W) float images in [0, 1], C in {1, 3, 4}, by ``scale`` or to ``size=(h, w)``.
 
         Returns (B, C, h, w) on the input's device in the input's dtype. ``amp`` runs the networks in reduced
@@ -237,6 +238,9 @@ class GSASRModel(nn.Module):
         ``progress(done, total)`` is called after each tile (one per image when not tiled), counting over the
         whole batch; after an out-of-memory retry ``done`` restarts at the start of that image with the new
         total. Raising from it cancels.
+
+        ``interrupt()`` is called often while working: before every layer of the networks and between rendered
+        strips. Raising from it (e.g. a host application's Cancel) stops the upscale within a fraction of a tile.
         """
         _check_image(image)
         b, c, h, w = image.shape
@@ -250,8 +254,9 @@ class GSASRModel(nn.Module):
             while True:
                 counter.start_image(tiling.count_tiles(padded_hw, core), b - i)
                 try:
-                    outs.append(self._upscale_one(rgb[i:i + 1], geometry, core, amp=amp, dmax=dmax,
-                                                  backend=backend, on_tile=counter.tick))
+                    with _calling_before_layers(self, interrupt):
+                        outs.append(self._upscale_one(rgb[i:i + 1], geometry, core, amp=amp, dmax=dmax,
+                                                      backend=backend, on_tile=counter.tick, interrupt=interrupt))
                     counter.finish_image()
                     break
                 except Exception as exc:  # noqa: BLE001 -- only allocation failures are retried, the rest re-raised
@@ -297,7 +302,8 @@ class GSASRModel(nn.Module):
         return 0 if core >= max(padded_hw) else core
 
     def _upscale_one(self, image: torch.Tensor, geometry: OutputGeometry, tile: int, *, amp: str, dmax: float,
-                     backend: str, on_tile: Callable[[], None]) -> torch.Tensor:
+                     backend: str, on_tile: Callable[[], None],
+                     interrupt: Callable[[], None] | None = None) -> torch.Tensor:
         scale = geometry.condition_scale
         padded = self._pad(image)
         if tile == 0:
@@ -310,7 +316,7 @@ class GSASRModel(nn.Module):
         del padded
         sy, sx = geometry.scale_hw
         out = tiling.render_in_strips(gaussians, sy if sy == sx else (sy, sx), canvas, geometry.out_hw, dmax=dmax,
-                                      backend=backend)
+                                      backend=backend, before_strip=interrupt)
         return out.unsqueeze(0)
 
     def render(self, gaussians: torch.Tensor, input_hw: tuple[int, int], geometry: OutputGeometry, *,
@@ -323,6 +329,20 @@ class GSASRModel(nn.Module):
         oh, ow = geometry.out_hw
         return render_gaussians(gaussians, sy if sy == sx else (sy, sx), canvas, dmax=dmax, region=(0, 0, oh, ow),
                                 backend=backend)
+
+
+@contextlib.contextmanager
+def _calling_before_layers(model: nn.Module, fn: Callable[[], None] | None):
+    """Call ``fn()`` before every submodule's forward while inside the block (how Cancel reaches into a tile)."""
+    if fn is None:
+        yield
+        return
+    handles = [m.register_forward_pre_hook(lambda *_: fn()) for m in model.modules() if m is not model]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class _TileCounter:
@@ -368,11 +388,12 @@ def _check_image(image: torch.Tensor) -> None:
 
 
 def load_model(source: str, device: str | torch.device = "cpu", *, models_dir: str | None = None,
-               download: bool = True) -> GSASRModel:
+               download: bool = True, download_progress: Callable[[int, int], None] | None = None) -> GSASRModel:
     """Load a GSASR model from a released name, an official folder, or a single ``.safetensors`` file.
 
     Released names ("EDSR_DF2K", "HATL_SA1B", ...) are looked up in ``models_dir/<name>/`` and otherwise downloaded
-    from Hugging Face (into ``models_dir``, or the Hugging Face cache when it is None) unless ``download=False``.
+    from Hugging Face (into ``models_dir``, or the Hugging Face cache when it is None) unless ``download=False``;
+    ``download_progress(done, total)`` then receives the bytes of each file as they arrive.
     """
     from pathlib import Path
 
@@ -394,7 +415,8 @@ def load_model(source: str, device: str | torch.device = "cpu", *, models_dir: s
             if not download:
                 raise ModelNotFoundError(f"{release.name} is not in {models_dir} and downloading is off: put "
                                          f"encoder.pth and decoder.pth from {release.url} in {models_dir}/{release.name}/.")
-            folder = download_release(release.name, models_dir)
+            folder = download_release(release.name, models_dir,
+                                      progress=True if download_progress is None else download_progress)
         checkpoint = read_any(folder)
         checkpoint.metadata.setdefault("release", release.name)
     encoder, kind, _ = build_encoder(checkpoint.encoder)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from .errors import CheckpointError, ModelNotFoundError
 
 HF_REPO_ID = "mutou0308/GSASR"
 PARTS = ("encoder", "decoder")
+
+ByteProgressFn = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -74,13 +77,16 @@ def local_release_folder(release: Release, models_dir: str | os.PathLike) -> Pat
 
 
 def download(name: str, models_dir: str | os.PathLike | None = None, *, revision: str | None = None,
-             progress: bool = True) -> Path:
+             progress: bool | ByteProgressFn = True) -> Path:
     """Make a released model available locally and return the folder holding ``encoder.pth`` and ``decoder.pth``.
 
     Without ``models_dir`` the files stay in the Hugging Face cache (``HF_HOME``). With it, they are downloaded
     through a cache kept inside ``models_dir`` (``.cache/huggingface``) and linked (or copied, across file systems)
     to ``models_dir/<name>/``; an existing complete folder is used as it is. Offline, the error says which files
     to put where.
+
+    ``progress``: True shows huggingface_hub's console bars, False nothing; a function ``progress(done, total)``
+    receives the bytes of each file as they arrive (how a host application shows its own progress bar).
     """
     release = find_release(name)
     if release is None:
@@ -101,8 +107,8 @@ def download(name: str, models_dir: str | os.PathLike | None = None, *, revision
     return target
 
 
-def _hf_fetch(release: Release, filename: str, revision: str | None, cache_dir: Path | None, progress: bool,
-              models_dir: str | os.PathLike | None) -> str:
+def _hf_fetch(release: Release, filename: str, revision: str | None, cache_dir: Path | None,
+              progress: bool | ByteProgressFn, models_dir: str | os.PathLike | None) -> str:
     try:
         from huggingface_hub import hf_hub_download
         from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
@@ -110,13 +116,27 @@ def _hf_fetch(release: Release, filename: str, revision: str | None, cache_dir: 
         raise ModelNotFoundError(f"huggingface_hub is not installed, so {release.name} cannot be downloaded. "
                                  f"{_manual_instructions(release, models_dir)}") from exc
     (enable_progress_bars if progress else disable_progress_bars)()
+    extra = {"tqdm_class": _reporting_tqdm(progress)} if callable(progress) else {}
     try:
         return hf_hub_download(HF_REPO_ID, filename, revision=revision,
-                               cache_dir=None if cache_dir is None else str(cache_dir))
+                               cache_dir=None if cache_dir is None else str(cache_dir), **extra)
     except Exception as exc:  # network, offline mode, missing file, auth: all end the same way for the user
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         raise ModelNotFoundError(f"Could not download {filename} from huggingface.co/{HF_REPO_ID} ({reason}). "
                                  f"{_manual_instructions(release, models_dir)}") from exc
+
+
+def _reporting_tqdm(report: ByteProgressFn):
+    """A console progress bar class (what huggingface_hub accepts) that also sends (done, total) to ``report``."""
+    from tqdm.auto import tqdm
+
+    class ReportingTqdm(tqdm):
+        def update(self, n=1):
+            shown = super().update(n)
+            report(int(self.n), int(self.total or 0))
+            return shown
+
+    return ReportingTqdm
 
 
 def _manual_instructions(release: Release, models_dir: str | os.PathLike | None) -> str:

@@ -205,16 +205,20 @@ def tiled_gaussians(networks: Callable[[torch.Tensor], torch.Tensor], padded: to
 
 def render_in_strips(gaussians: torch.Tensor, scale: float | tuple[float, float], canvas_hw: tuple[int, int],
                      out_hw: tuple[int, int], *, dmax: float, backend: str,
-                     strip_bytes: int = RENDER_STRIP_BYTES) -> torch.Tensor:
+                     strip_bytes: int = RENDER_STRIP_BYTES,
+                     before_strip: Callable[[], None] | None = None) -> torch.Tensor:
     """The top-left ``out_hw`` of the canvas render, in horizontal strips; each strip gets only the Gaussians
     whose centre lies close enough to reach it, so the renderer never sees more than it needs.
 
     A Gaussian reaches at most ``min(dmax (Hc - 1) / 2, SIGMA_CUTOFF * std)`` canvas rows from its centre (the
     official window, and the reference's k-sigma cut); the std in canvas px is at most ``scale / 1.2``. Leaving
-    out a Gaussian that cannot reach a strip changes nothing, so one strip equals a whole render exactly."""
+    out a Gaussian that cannot reach a strip changes nothing, so one strip equals a whole render exactly.
+    ``before_strip()`` is called before each strip (cancel: raising from it stops the render)."""
     oh, ow = out_hw
     ch = canvas_hw[0]
     rows = max(1, strip_bytes // (3 * 4 * ow))
+    if before_strip is not None:
+        before_strip()
     if rows >= oh:
         return render_gaussians(gaussians, scale, canvas_hw, dmax=dmax, region=(0, 0, oh, ow), backend=backend)
     scale_h = scale[0] if isinstance(scale, tuple) else scale
@@ -222,6 +226,8 @@ def render_in_strips(gaussians: torch.Tensor, scale: float | tuple[float, float]
     centre_y = gaussians[:, 8].float() * ch - 0.5  # canvas row of each centre
     out = torch.empty(3, oh, ow, dtype=torch.float32, device=gaussians.device)
     for y0 in range(0, oh, rows):
+        if before_strip is not None and y0 > 0:
+            before_strip()
         h = min(rows, oh - y0)
         near = (centre_y >= y0 - reach) & (centre_y <= y0 + h - 1 + reach)
         out[:, y0:y0 + h] = render_gaussians(gaussians[near], scale, canvas_hw, dmax=dmax, region=(y0, 0, h, ow),

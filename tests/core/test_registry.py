@@ -88,3 +88,20 @@ def test_offline_without_files_says_what_to_put_where(monkeypatch, tmp_path: Pat
 def test_unknown_names_list_the_released_ones():
     with pytest.raises(ModelNotFoundError, match="HATL_SA1B"):
         gsasr.load_model("ESRGAN_x4")
+
+
+def test_download_progress_reaches_a_callback_through_huggingface_hubs_bar(monkeypatch):
+    import inspect
+    import io
+
+    from huggingface_hub import hf_hub_download
+
+    from gsasr.registry import _reporting_tqdm
+
+    assert "tqdm_class" in inspect.signature(hf_hub_download).parameters  # how the class gets to the download
+    seen = []
+    bar = _reporting_tqdm(lambda done, total: seen.append((done, total)))(total=300, file=io.StringIO())
+    bar.update(100)
+    bar.update(200)
+    bar.close()
+    assert seen == [(100, 300), (300, 300)]

@@ -192,6 +192,28 @@ def test_progress_counts_tiles_over_the_batch_and_cancel_is_prompt(model, monkey
     assert len(runs) == 2  # stopped right after the second tile
 
 
+def test_interrupt_is_checked_inside_a_tile_and_leaves_no_hooks_behind(model):
+    class Cancelled(BaseException):  # like ComfyUI's interrupt: not an Exception, so never taken for OOM
+        pass
+
+    checks = []
+
+    def interrupt():
+        checks.append(1)
+        if len(checks) == 5:
+            raise Cancelled
+
+    image = torch.rand(1, 3, 20, 16)
+    with pytest.raises(Cancelled):
+        model.upscale(image, SCALE, tile=0, interrupt=interrupt, progress=lambda d, t: pytest.fail("finished"))
+    assert all(not m._forward_pre_hooks for m in model.modules())
+    counted = []
+    out = model.upscale(image, SCALE, tile=0, interrupt=lambda: counted.append(1))
+    assert torch.equal(out, model.upscale(image, SCALE, tile=0))
+    n_layers = sum(1 for m in model.modules() if m is not model)
+    assert len(counted) > n_layers // 2  # layer by layer (some run more than once, some not at all), and strips
+
+
 @pytest.mark.parametrize("tile", [-1, 2.5, "big", True])
 def test_bad_tiles_are_refused(model, tile):
     with pytest.raises(InvalidInputError, match="tile"):
