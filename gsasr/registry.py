@@ -6,6 +6,7 @@ the safe loader and must hold the expected architecture; a file that does not is
 """
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 from collections.abc import Callable
@@ -116,7 +117,9 @@ def _hf_fetch(release: Release, filename: str, revision: str | None, cache_dir: 
         raise ModelNotFoundError(f"huggingface_hub is not installed, so {release.name} cannot be downloaded. "
                                  f"{_manual_instructions(release, models_dir)}") from exc
     (enable_progress_bars if progress else disable_progress_bars)()
-    extra = {"tqdm_class": _reporting_tqdm(progress)} if callable(progress) else {}
+    # tqdm_class arrived in huggingface_hub 0.2x; older ones still download, with their console bar only.
+    reports = callable(progress) and "tqdm_class" in inspect.signature(hf_hub_download).parameters
+    extra = {"tqdm_class": _reporting_tqdm(progress)} if reports else {}
     try:
         return hf_hub_download(HF_REPO_ID, filename, revision=revision,
                                cache_dir=None if cache_dir is None else str(cache_dir), **extra)

@@ -38,3 +38,23 @@ def test_importing_does_no_work():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_comfy_registry_metadata():
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    comfy = pyproject["tool"]["comfy"]
+    assert comfy["PublisherId"] and comfy["DisplayName"]
+    assert re.fullmatch(r"[A-Za-z][A-Za-z0-9._-]{0,98}", pyproject["project"]["name"])  # the registry's node id rule
+    assert re.fullmatch(r"\d+\.\d+\.\d+", pyproject["project"]["version"])
+
+
+def test_the_pack_root_outside_comfyui_offers_no_nodes_and_does_no_work():
+    """Something other than ComfyUI (pytest collecting the root) may import the root __init__.py."""
+    code = ("import importlib.util, sys;"
+            "spec = importlib.util.spec_from_file_location('pack', 'ComfyUI-GSASR/__init__.py'.split('/')[1],"
+            " submodule_search_locations=['.']);"
+            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m);"
+            "print(m.NODE_CLASS_MAPPINGS, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "{} False"
