@@ -5,7 +5,8 @@ work tree) and the harness ``../shared/comfy/run_comfy_e2e.sh`` (or ``COMFY_E2E_
 reason otherwise (CI has no ComfyUI). Each run starts ComfyUI headless on the CPU with this pack linked into
 ``custom_nodes``, a generated model in a ``gsasr`` models folder (extra_model_paths.yaml) and posts the shipped
 UI-format workflow as the frontend would. The text-to-image workflow also needs an SD 1.5 checkpoint: the one at
-``COMFY_SD15_CHECKPOINT``, else a random one written by random_sd15_checkpoint.py (about 2 GB, a minute or two).
+``COMFY_SD15_CHECKPOINT``, else a random one written by random_sd15_checkpoint.py (about 2 GB, under a minute);
+it runs as its API twin with 2 sampling steps (on a CPU each step of SD 1.5 takes most of a minute).
 """
 from __future__ import annotations
 
@@ -82,7 +83,13 @@ def test_text_to_image_4k_workflow(setup):
         comfy_dir, python = _comfy_dir_and_python()
         subprocess.run([python, str(HERE / "random_sd15_checkpoint.py"), "--comfy", comfy_dir, str(target)],
                        check=True, timeout=1800)
-    summary = run_comfy(setup, REPO / "workflows" / "GSASR_text_to_image_4K.json", "t2i")
+    # The API twin with 2 sampling steps instead of 20: a random SD 1.5 takes ~50 s per step on a 2-core CPU, and
+    # the steps change nothing GSASR sees but the pixel values.
+    twin = json.loads((HERE / "api" / "GSASR_text_to_image_4K.api.json").read_text())
+    next(n for n in twin.values() if n["class_type"] == "KSampler")["inputs"]["steps"] = 2
+    workflow = setup["root"] / "t2i_2_steps.api.json"
+    workflow.write_text(json.dumps(twin))
+    summary = run_comfy(setup, workflow, "t2i")
     assert _output_sizes(summary) == [[3840, 2160]]
 
 
