@@ -1,4 +1,4 @@
-"""Command line: ``python -m gsasr {upscale,convert,download,info}``."""
+"""Command line: ``python -m gsasr {upscale,convert,download,info,eval,bench-paper}``."""
 from __future__ import annotations
 
 import argparse
@@ -63,7 +63,34 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--models-dir", type=Path, help="folder to keep it in (default: the Hugging Face cache)")
 
     sub.add_parser("info", help="versions, devices and the active rasteriser backend")
+
+    ev = sub.add_parser("eval", help="the paper's test protocol: PSNR/SSIM on Y (and LPIPS/DISTS if installed)")
+    ev.add_argument("--gt", type=Path, required=True, help="folder (or file) of ground-truth images")
+    ev.add_argument("--lr", type=Path, help="folder of matching LR images (default: made from the GT, MATLAB "
+                                            "bicubic)")
+    ev.add_argument("--scale", type=float, help="scale; required without --lr (with --lr: from the image sizes)")
+    _model_options(ev)
+    ev.add_argument("--csv", type=Path, help="where to write the results (default: gsasr_eval_<model>_x<scale>.csv)")
+    ev.add_argument("--save", type=Path, help="also save the SR images (PNG) in this folder")
+    ev.add_argument("--overwrite", action="store_true", help="replace an existing CSV")
+
+    bp = sub.add_parser("bench-paper", help="the paper's cost protocol: time and memory on 720x720 GT crops")
+    bp.add_argument("--gt", type=Path, help="folder of images to crop 720x720 from (default: synthetic images)")
+    bp.add_argument("--scales", default="2,3,4", help="comma-separated scales (default: 2,3,4)")
+    bp.add_argument("--images", type=int, default=12, help="how many images, the first 2 being warm-up (default 12)")
+    _model_options(bp)
     return parser
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    from .registry import release_names
+
+    parser.add_argument("--model", default="EDSR_DF2K",
+                        help=f"released name ({', '.join(release_names())}), an official folder or a .safetensors")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
+    parser.add_argument("--amp", default="off", choices=["auto", "off", "bf16", "fp16"],
+                        help="reduced-precision networks (default off: the paper's numbers are float32)")
+    parser.add_argument("--models-dir", type=Path, help="where released models are stored/downloaded")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        return {"upscale": cmd_upscale, "convert": cmd_convert, "download": cmd_download, "info": cmd_info}[
-            args.command](args)
+        return {"upscale": cmd_upscale, "convert": cmd_convert, "download": cmd_download, "info": cmd_info,
+                "eval": cmd_eval, "bench-paper": cmd_bench_paper}[args.command](args)
     except (GSASRError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -204,3 +231,78 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+def _load_for(args: argparse.Namespace):
+    from .model import load_model
+
+    device = args.device or _default_device()
+    model = load_model(args.model, device=device, models_dir=str(args.models_dir) if args.models_dir else None)
+    print(f"model {model.info.release or model.info.architecture} ({model.info.architecture}) on {device}",
+          file=sys.stderr)
+    return model
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .errors import InvalidInputError
+    from .evaluation import evaluate, format_table, summary_rows, write_csv
+    from .model import check_scale
+
+    if args.lr is None and args.scale is None:
+        raise InvalidInputError("eval needs --scale (to make LR images from the GT) or --lr (a folder of LR images).")
+    if args.scale is not None:
+        check_scale(args.scale)
+    try:
+        gt_paths = _collect_images([args.gt])
+    except FileNotFoundError as exc:
+        raise InvalidInputError(str(exc)) from None
+    if not gt_paths:
+        raise InvalidInputError(f"no images in {args.gt}")
+    name = Path(str(args.model)).stem
+    csv_path = args.csv or Path(f"gsasr_eval_{name}_x{args.scale if args.scale else 'lr'}.csv")
+    if csv_path.exists() and not args.overwrite:
+        raise InvalidInputError(f"{csv_path} exists; pass --overwrite to replace it, or choose another --csv.")
+    model = _load_for(args)
+
+    def report(r):
+        print(f"{r.name}: PSNR-Y {r.psnr:.4f} dB, SSIM-Y {r.ssim:.4f}", file=sys.stderr)
+
+    results, notes = evaluate(model, gt_paths, scale=args.scale, lr_dir=args.lr, amp=args.amp,
+                              save_dir=args.save, on_result=report)
+    rows = summary_rows(results)
+    print(format_table(rows))
+    for note in notes:
+        print(f"note: {note}")
+    write_csv(rows, csv_path, overwrite=args.overwrite)
+    print(f"wrote {csv_path}")
+    return 0
+
+
+def cmd_bench_paper(args: argparse.Namespace) -> int:
+    from .environment import environment_header
+    from .errors import InvalidInputError
+    from .model import check_scale
+    from .paper_benchmark import cropped_ground_truths, format_report, measure, synthetic_ground_truths
+    from .render import active_backend
+
+    try:
+        scales = [check_scale(float(s)) for s in args.scales.split(",") if s.strip()]
+    except ValueError:
+        raise InvalidInputError(f"--scales must be numbers separated by commas, got {args.scales!r}") from None
+    if args.gt is not None:
+        ground_truths = cropped_ground_truths(_collect_images([args.gt])[:args.images])
+        source = f"{len(ground_truths)} random 720x720 crops of {args.gt}"
+    else:
+        ground_truths = synthetic_ground_truths(args.images)
+        source = f"{len(ground_truths)} synthetic 720x720 images"
+    model = _load_for(args)
+    header = (environment_header(model.device, active_backend(model.device)) +
+              f"\n# model {model.info.release or model.info.architecture} | amp {args.amp} | {source} | "
+              f"first 2 images not averaged | memory: " +
+              ("CUDA peak allocated incl. weights" if model.device.type == "cuda" else "process peak RSS"))
+    costs = []
+    for scale in scales:
+        costs.append(measure(model, ground_truths, scale, amp=args.amp))
+        print(f"x{scale:g} done", file=sys.stderr)
+    print(format_report(costs, header))
+    return 0
