@@ -1,6 +1,6 @@
 """Peak activation memory per LR pixel of encoder + decoder, chunked (as shipped) against unchunked.
 
-    python bench/tile_memory.py --sizes 96 144 --self-blocks 1
+    python bench/tile_memory.py --sizes 96 144 --chunked-sizes 252 324 --self-blocks 1
 
 Each measurement runs in a fresh process (CPU, float32, random weights of the real EDSR + enhanced decoder
 shapes) and reads the kernel's peak resident set (VmHWM) before and after one forward pass, so it counts every
@@ -8,7 +8,10 @@ allocation, PyTorch's own included. Unchunked = UPNet + heads on all Gaussians a
 all windows at once, as the official code runs them. ``--self-blocks`` lowers the decoder's depth to save time:
 activations are freed layer by layer, so peak memory depends on the width, not the depth. The per-pixel figure
 is the slope between the two sizes (it removes the fixed per-chunk buffers) and the peak divided by the pixels
-at the largest size.
+at the largest size. The chunked model is measured at larger sizes (``--chunked-sizes``): its chunk caps (2^16
+Gaussians through the heads, 2^25 attention logits) must be reached at both sizes for the slope to be the
+per-pixel cost of a big image, and below them every chunk is simply the whole image. The unchunked model grows
+linearly from the start, so small sizes measure it (large ones would not fit in memory).
 """
 from __future__ import annotations
 
@@ -51,7 +54,9 @@ def _child(size: int, chunked: bool, self_blocks: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sizes", type=int, nargs=2, default=[96, 144])
+    parser.add_argument("--sizes", type=int, nargs=2, default=[96, 144], help="LR sides for the unchunked model")
+    parser.add_argument("--chunked-sizes", type=int, nargs=2, default=[252, 324],
+                        help="LR sides for the chunked model (large enough to reach its chunk caps)")
     parser.add_argument("--self-blocks", type=int, default=1)
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -61,11 +66,12 @@ def main() -> None:
     result = {}
     for chunked in (True, False):
         peaks = []
-        for size in args.sizes:
+        sizes = args.chunked_sizes if chunked else args.sizes
+        for size in sizes:
             out = subprocess.run([sys.executable, __file__, "--child", str(size), str(int(chunked)),
                                   str(args.self_blocks)], capture_output=True, text=True, check=True)
             peaks.append(json.loads(out.stdout)["peak"])
-        (a, b), (pa, pb) = args.sizes, peaks
+        (a, b), (pa, pb) = sizes, peaks
         slope = (pb - pa) / (b * b - a * a)
         name = "chunked" if chunked else "unchunked"
         result[name] = slope
