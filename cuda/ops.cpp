@@ -11,6 +11,9 @@ torch::Tensor boxes_cpu(const torch::Tensor& params, int64_t canvas_h, int64_t c
 torch::Tensor render_cpu(const torch::Tensor& params, const torch::Tensor& boxes, const torch::Tensor& col_range,
                          const torch::Tensor& row_range, int64_t grid_w, int64_t tile, int64_t canvas_h,
                          int64_t canvas_w, int64_t y0, int64_t x0, int64_t h, int64_t w);
+torch::Tensor render_terms_cpu(const torch::Tensor& centre, const torch::Tensor& sigma, const torch::Tensor& conic,
+                               const torch::Tensor& colour, double dmax, double cutoff, int64_t grid_w,
+                               int64_t canvas_h, int64_t canvas_w, int64_t y0, int64_t x0, int64_t h, int64_t w);
 #ifdef GSASR_WITH_CUDA
 torch::Tensor boxes_cuda(const torch::Tensor& params, int64_t canvas_h, int64_t canvas_w, int64_t y0, int64_t x0,
                          int64_t h, int64_t w);
@@ -107,6 +110,27 @@ torch::Tensor render(const torch::Tensor& params, const torch::Tensor& boxes, co
   return render_cpu(params, boxes, col_range, row_range, grid_w, tile, canvas_h, canvas_w, y0, x0, h, w);
 }
 
+// The CPU fast path: boxes, ellipses and tile ranges are computed in C++ from the terms of
+// reference.gaussian_terms (centre [N, 2], sigma [N, 2], conic [N, 4], colour [N, 3]).
+torch::Tensor render_terms(const torch::Tensor& centre, const torch::Tensor& sigma, const torch::Tensor& conic,
+                           const torch::Tensor& colour, double dmax, double cutoff, int64_t grid_w, int64_t canvas_h,
+                           int64_t canvas_w, int64_t y0, int64_t x0, int64_t h, int64_t w) {
+  check_geometry(canvas_h, canvas_w, y0, x0, h, w);
+  const int64_t n = centre.dim() == 2 ? centre.size(0) : -1;
+  for (const auto& [term, width] : {std::pair{centre, 2}, std::pair{sigma, 2}, std::pair{conic, 4},
+                                    std::pair{colour, 3}}) {
+    TORCH_CHECK(term.dim() == 2 && term.size(0) == n && term.size(1) == width && term.is_contiguous() &&
+                    term.scalar_type() == torch::kFloat32 && term.is_cpu(),
+                "gsasr native: terms must be contiguous float32 CPU tensors [N, 2], [N, 2], [N, 4], [N, 3], got ",
+                term.sizes(), " ", term.scalar_type(), " on ", term.device());
+  }
+  TORCH_CHECK(cutoff > 0.0 && dmax >= 0.0, "gsasr native: cutoff must be positive and dmax non-negative");
+  TORCH_CHECK(grid_w >= 1 && n % grid_w == 0, "gsasr native: grid width ", grid_w, " does not divide the ", n,
+              " Gaussians");
+  if (n == 0) return torch::zeros({3, h, w}, centre.options());
+  return render_terms_cpu(centre, sigma, conic, colour, dmax, cutoff, grid_w, canvas_h, canvas_w, y0, x0, h, w);
+}
+
 }  // namespace
 }  // namespace gsasr
 
@@ -115,4 +139,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("has_cuda", &gsasr::has_cuda, "True when this build contains the CUDA kernels");
   m.def("boxes", &gsasr::boxes, "Per-Gaussian region-local pixel boxes [N, 4] int32 (x0, x1, y0, y1)");
   m.def("render", &gsasr::render, "Gather-render the region: [3, h, w] float32");
+  m.def("render_terms", &gsasr::render_terms,
+        "CPU: render the region from the per-Gaussian terms (k-sigma ellipses, tile ranges found here)");
 }

@@ -23,14 +23,15 @@ CUDA_SOURCES = ("render_cuda.cu",)
 HEADERS = ("gsasr_math.h",)
 
 # No floating-point contraction anywhere: the kernels must round like the PyTorch reference (gsasr_math.h).
-# -march=native: the module is built on the machine that runs it (install.py), and the pixel loop is
-# vectorised for its widest SIMD; a copied build folder is keyed by versions, not CPUs (rebuild if moved).
+# No -march: the module must load on any CPU of its architecture (a build folder can be copied or shared);
+# the AVX2 + FMA pixel loop is compiled per function (target attributes) and picked at run time
+# (cuda/render_cpu.cpp).
 # -ffinite-math-only -fno-signed-zeros only let GCC turn the exponent clamp into vector min/max: inputs are
 # checked finite and every value in the kernels is bounded; they change no rounding.
 # -fopenmp: at::parallel_for is a header template whose OpenMP pragmas are compiled here; without the flag the
 # tiles would run on one thread.
 CXX_FLAGS = (["-O3", "-ffp-contract=off", "-fno-math-errno", "-ffinite-math-only", "-fno-signed-zeros",
-              "-march=native", "-fopenmp"] if os.name != "nt" else ["/O2", "/fp:precise", "/openmp"])
+              "-fopenmp"] if os.name != "nt" else ["/O2", "/fp:precise", "/openmp"])
 LD_FLAGS = ["-fopenmp"] if os.name != "nt" else []
 NVCC_FLAGS = ["-O3", "-fmad=false", "-DGSASR_WITH_CUDA"]
 

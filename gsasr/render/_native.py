@@ -15,6 +15,9 @@ imports the already-built module from the build folder of :mod:`gsasr.render._bu
    meets it. Every Gaussian that reaches a tile lies in that rectangle whatever its offset, so the result is
    exact for any input; the grid layout only decides how few candidates each tile has to test;
 4. ``ext.render``: the gather kernel.
+
+On the CPU, :func:`render_cpu` does step 1 only and hands the terms to ``ext.render_terms``, which does steps 2-4
+in one C++ pass and also cuts each box to the Gaussian's k-sigma ellipse (cuda/render_cpu.cpp).
 """
 from __future__ import annotations
 
@@ -39,7 +42,8 @@ hundred Gaussians that can reach a pixel that stays far below the 1e-5 parity co
 fewer pixels."""
 
 TILE = {"cpu": 32, "cuda": 16}
-"""Output tile side of each kernel (cuda/render_cpu.cpp kTile, cuda/render_cuda.cu kTileCuda)."""
+"""Tile side that ``ext.render`` expects its ranges for (cuda/render_cpu.cpp kTile, cuda/render_cuda.cu kTileCuda);
+the CPU fast path (``ext.render_terms``) picks its own tiles."""
 
 
 class NativeUnavailable(Exception):
@@ -115,17 +119,34 @@ def tile_ranges(first: Tensor, last: Tensor, length: int, tile: int) -> Tensor:
 def render(ext: ModuleType, gaussians: Tensor, scale: float | tuple[float, float], canvas_hw: tuple[int, int],
            dmax: float, region: tuple[int, int, int, int]) -> Tensor:
     """Render with the compiled kernels; same contract as :func:`gsasr.render.render_gaussians` (inputs checked)."""
+    y0, x0, h, w = region
+    if gaussians.shape[0] == 0:
+        return torch.zeros(3, h, w, dtype=torch.float32, device=gaussians.device)
+    if gaussians.device.type == "cpu":
+        return render_cpu(ext, gaussians, scale, canvas_hw, dmax, region)
+    return render_with_ranges(ext, gaussians, scale, canvas_hw, dmax, region)
+
+
+def render_cpu(ext: ModuleType, gaussians: Tensor, scale: float | tuple[float, float], canvas_hw: tuple[int, int],
+               dmax: float, region: tuple[int, int, int, int]) -> Tensor:
+    """The CPU path: ``ext.render_terms`` finds boxes, k-sigma ellipses and tile ranges itself, from the terms."""
+    terms = gaussian_terms(gaussians, scale, canvas_hw)  # float32 (fp16/bf16 upcast)
+    grid_w = grid_width(gaussians.shape[0], canvas_hw, scale)
+    return ext.render_terms(terms.centre, terms.sigma, terms.conic, terms.colour, float(dmax), NATIVE_SIGMA_CUTOFF,
+                            grid_w, *canvas_hw, *region)
+
+
+def render_with_ranges(ext: ModuleType, gaussians: Tensor, scale: float | tuple[float, float],
+                       canvas_hw: tuple[int, int], dmax: float, region: tuple[int, int, int, int]) -> Tensor:
+    """The generic path (steps 1-4 of the module docstring): used for CUDA, and valid on the CPU too."""
     canvas_h, canvas_w = canvas_hw
     y0, x0, h, w = region
-    n = gaussians.shape[0]
-    if n == 0:
-        return torch.zeros(3, h, w, dtype=torch.float32, device=gaussians.device)
     terms = gaussian_terms(gaussians, scale, canvas_hw)  # float32 (fp16/bf16 upcast), on the Gaussians' device
     radius = support_radius(terms.sigma, dmax, NATIVE_SIGMA_CUTOFF)
     params = torch.cat([terms.centre, radius, terms.conic, terms.colour], dim=1).contiguous()
     boxes = ext.boxes(params, canvas_h, canvas_w, y0, x0, h, w)
 
-    grid_w = grid_width(n, canvas_hw, scale)
+    grid_w = grid_width(gaussians.shape[0], canvas_hw, scale)
     empty = boxes[:, 0] > boxes[:, 1]
     big = torch.iinfo(torch.int32).max
     lo_x = boxes[:, 0].masked_fill(empty, big).view(-1, grid_w)

@@ -121,6 +121,32 @@ def test_a_large_tight_offset_grid_matches_the_reference(backend):
     _assert_matches_reference(raw, backend, 4.0, (96, 80))
 
 
+@pytest.mark.parametrize("case", ["grid", "random", "region"])
+def test_the_generic_entry_point_matches_the_reference(backend, case):
+    # On the CPU, render_gaussians takes ext.render_terms; ext.render (boxes and tile ranges given, whole boxes)
+    # must stay exact too.
+    ext, _ = render._compiled()
+    device = _device(backend)
+    raw, scale, canvas, dmax, region = {
+        "grid": (_grid_gaussians(9, 11, seed=1), 3.7, (33, 40), 0.1, (0, 0, 33, 40)),
+        "random": (_random_gaussians(80, seed=2), 3.0, (40, 70), 0.3, (0, 0, 40, 70)),
+        "region": (_grid_gaussians(10, 12, seed=5), 3.7, (37, 45), 0.2, (3, 33, 34, 12)),
+    }[case]
+    expected = render.render_gaussians(raw, scale, canvas, backend="torch", dmax=dmax, region=region)
+    out = _native.render_with_ranges(ext, raw.to(device), scale, canvas, dmax, region)
+    torch.testing.assert_close(out.cpu(), expected, atol=NATIVE_RENDER_ABS, rtol=0)
+
+
+def test_wide_and_strongly_correlated_gaussians_match_the_reference(backend):
+    # Many Gaussians with |rho| close to 1 and wide sigmas: the k-sigma ellipse of the CPU kernel must keep every
+    # pixel whose float32 weight shows, despite the cancellation of the quadratic form.
+    raw = _grid_gaussians(12, 10, seed=11, offset=0.3)
+    gen = torch.Generator().manual_seed(12)
+    raw[:, 2] = torch.randn(raw.shape[0], generator=gen) * 4.0  # rho = tanh(...) mostly near +-1
+    raw[:, 0:2] = torch.randn(raw.shape[0], 2, generator=gen) + 1.5  # sigma towards 1 (wide)
+    _assert_matches_reference(raw, backend, 4.0, (48, 40))
+
+
 def test_empty_inputs_render_black(backend):
     out = render.render_gaussians(torch.zeros(0, 9, device=_device(backend)), 2.0, (5, 6), backend=backend)
     assert torch.equal(out.cpu(), torch.zeros(3, 5, 6))
