@@ -43,7 +43,14 @@ def local_models() -> dict[str, Path]:
     for root in roots():
         if not root.is_dir():
             continue
+        seen: set[str] = set()
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            # Linked folders are followed (models kept elsewhere), each real folder once (a link loop ends here).
+            real = os.path.realpath(dirpath)
+            if real in seen:
+                dirnames[:] = []
+                continue
+            seen.add(real)
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # skips the download cache
             here = Path(dirpath)
             if all(f"{part}.pth" in filenames for part in PARTS):

@@ -79,6 +79,16 @@ def test_model_list_has_the_releases_then_local_models(pack, comfy):
     assert names == releases + ["a_folder", "converted.safetensors", "nested/deeper"]
 
 
+def test_linked_model_folders_are_followed_and_a_link_loop_ends(pack, comfy, tmp_path):
+    root = _gsasr_dir(comfy)
+    write_official_folder(tmp_path / "elsewhere" / "kept_outside")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "linked").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere" / "loop").symlink_to(root)
+    names = pack.NODE_CLASS_MAPPINGS["LoadGSASRModel"].INPUT_TYPES()["required"]["model_name"][0]
+    assert "linked/kept_outside" in names
+
+
 def test_loads_a_local_folder_and_a_converted_file(pack, comfy, run_node, tiny):
     save_single_file(tiny_checkpoint(), _gsasr_dir(comfy) / "one.safetensors")
     (folder_model,) = run_node("LoadGSASRModel", model_name=tiny)
