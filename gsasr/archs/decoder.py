@@ -245,7 +245,7 @@ class SelfAttentionLayer(nn.Module):
 
 def _block_mlp(dim: int) -> nn.Sequential:
     """Linear-ReLU-Linear as an nn.Sequential (official keys ``mlp.0`` / ``mlp.2``)."""
-    return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
+    return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim))
 
 
 class _ResidualLayerStack(nn.Module):
@@ -306,7 +306,10 @@ class SelfAttentionBlock(_ResidualLayerStack):
 
 def _gaussian_head(dim: int, out: int) -> nn.Sequential:
     """Per-token MLP C -> C -> 4C -> out (official keys ``.0``, ``.2``, ``.4``)."""
-    return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 4 * dim), nn.ReLU(), nn.Linear(4 * dim, out))
+    # In-place ReLUs: the 4C activations of a chunk are the largest tensors of the decoder; not allocating a second
+    # copy saves its memory traffic (~13 % of the decoder's time on a CPU). Same values.
+    return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, 4 * dim), nn.ReLU(inplace=True),
+                         nn.Linear(4 * dim, out))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -325,7 +328,10 @@ class GaussianDecoder(nn.Module):
     at once; it changes peak memory only, never the result.
     """
 
-    max_gaussians_per_chunk: int = 1 << 16
+    # 2^13 Gaussians: a chunk's largest activation (Gaussians x 4C floats) stays near 25 MB, which the C allocator
+    # reuses from its heap; 2^16 (200 MB blocks) went to fresh mmap pages every chunk, and page faults cost ~15 %
+    # of the decoder's CPU time. Matrix products of 8192 rows still run at full speed.
+    max_gaussians_per_chunk: int = 1 << 13
 
     def __init__(self, form: str = "enhanced", in_channels: int = 64, channels: int = 192, num_heads: int = 6,
                  window_size: int = 12, num_crossattn_blocks: int = 1, num_crossattn_layers: int = 2,
