@@ -13,7 +13,7 @@ from pathlib import Path
 import folder_paths
 
 from ..gsasr import GSASRModel, ModelNotFoundError, load_model, release_names
-from ..gsasr.registry import PARTS
+from ..gsasr.registry import PARTS, find_release, local_release_folder
 
 FOLDER_NAME = "gsasr"
 SINGLE_FILE_SUFFIX = ".safetensors"
@@ -74,7 +74,10 @@ def _files(path: Path) -> list[Path]:
 
 def fingerprint(name: str) -> str:
     """Changes whenever the files behind ``name`` change (ComfyUI then runs the loader again)."""
-    path = local_models().get(name)
+    return _fingerprint(name, local_models().get(name))
+
+
+def _fingerprint(name: str, path: Path | None) -> str:
     if path is None:
         return f"{name}: not downloaded yet"
     stats = [(str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in _files(path) if f.exists()]
@@ -83,14 +86,14 @@ def fingerprint(name: str) -> str:
 
 def load(name: str, download_progress=None) -> GSASRModel:
     """The model called ``name`` in :func:`choices`, from memory when its files did not change."""
-    key = (name, fingerprint(name))
+    path = local_models().get(name)  # one walk of the models folders per load
+    key = (name, _fingerprint(name, path))
     if key in _cache:
         return _cache[key]
-    path = local_models().get(name)
     if name in release_names():  # by name, so the files are checked to be that release (and downloaded if absent)
         folder = path.parent if path is not None else download_root()
         model = load_model(name, models_dir=str(folder), download_progress=download_progress)
-        key = (name, fingerprint(name))  # the files exist now
+        key = (name, _fingerprint(name, local_release_folder(find_release(name), folder)))  # they exist now
     elif path is not None:
         model = load_model(str(path))
     else:

@@ -114,6 +114,7 @@ def test_a_downloaded_release_loads_by_name_as_that_release(pack, comfy, run_nod
     write_official_folder(_gsasr_dir(comfy) / "EDSR_DF2K")
     (model,) = run_node("LoadGSASRModel", model_name="EDSR_DF2K")
     assert model.info.release == "EDSR_DF2K"
+    assert run_node("LoadGSASRModel", model_name="EDSR_DF2K")[0] is model  # cached under the same fingerprint
 
 
 def test_a_release_in_the_wrong_folder_is_refused(pack, comfy, run_node, core):
