@@ -2,6 +2,7 @@
 // Called only by gsasr/render/_native.py, which prepares the per-Gaussian parameters and the tile ranges.
 #include <torch/extension.h>
 
+#include <tuple>
 #include <utility>
 
 namespace gsasr {
@@ -14,6 +15,11 @@ torch::Tensor render_cpu(const torch::Tensor& params, const torch::Tensor& boxes
 torch::Tensor render_terms_cpu(const torch::Tensor& centre, const torch::Tensor& sigma, const torch::Tensor& conic,
                                const torch::Tensor& colour, double dmax, double cutoff, int64_t grid_w,
                                int64_t canvas_h, int64_t canvas_w, int64_t y0, int64_t x0, int64_t h, int64_t w);
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> terms_cpu(const torch::Tensor& gaussians,
+                                                                                  const torch::Tensor& rho,
+                                                                                  double step_h, double step_w,
+                                                                                  int64_t canvas_h, int64_t canvas_w);
+
 #ifdef GSASR_WITH_CUDA
 torch::Tensor boxes_cuda(const torch::Tensor& params, int64_t canvas_h, int64_t canvas_w, int64_t y0, int64_t x0,
                          int64_t h, int64_t w);
@@ -131,6 +137,25 @@ torch::Tensor render_terms(const torch::Tensor& centre, const torch::Tensor& sig
   return render_terms_cpu(centre, sigma, conic, colour, dmax, cutoff, grid_w, canvas_h, canvas_w, y0, x0, h, w);
 }
 
+
+// The CPU per-Gaussian terms (centre, sigma, conic, colour) of reference.gaussian_terms, bit for bit, from the
+// raw [N, 9] float32 parameters and rho = 0.999999 tanh(p2) computed by PyTorch (see terms_cpu.cpp).
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> terms(const torch::Tensor& gaussians,
+                                                                              const torch::Tensor& rho, double step_h,
+                                                                              double step_w, int64_t canvas_h,
+                                                                              int64_t canvas_w) {
+  TORCH_CHECK(gaussians.dim() == 2 && gaussians.size(1) == 9 && gaussians.is_contiguous() &&
+                  gaussians.scalar_type() == torch::kFloat32 && gaussians.is_cpu(),
+              "gsasr native: gaussians must be a contiguous float32 CPU tensor [N, 9], got ", gaussians.sizes(), " ",
+              gaussians.scalar_type(), " on ", gaussians.device());
+  TORCH_CHECK(rho.dim() == 1 && rho.size(0) == gaussians.size(0) && rho.is_contiguous() &&
+                  rho.scalar_type() == torch::kFloat32 && rho.is_cpu(),
+              "gsasr native: rho must be a contiguous float32 CPU tensor [N], got ", rho.sizes());
+  TORCH_CHECK(canvas_h >= 1 && canvas_w >= 1, "gsasr native: canvas must be positive, got ", canvas_h, "x",
+              canvas_w);
+  TORCH_CHECK(step_h > 0.0 && step_w > 0.0, "gsasr native: steps must be positive");
+  return terms_cpu(gaussians, rho, step_h, step_w, canvas_h, canvas_w);
+}
 }  // namespace
 }  // namespace gsasr
 
@@ -139,6 +164,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("has_cuda", &gsasr::has_cuda, "True when this build contains the CUDA kernels");
   m.def("boxes", &gsasr::boxes, "Per-Gaussian region-local pixel boxes [N, 4] int32 (x0, x1, y0, y1)");
   m.def("render", &gsasr::render, "Gather-render the region: [3, h, w] float32");
+  m.def("terms", &gsasr::terms, "CPU: per-Gaussian terms (centre, sigma, conic, colour), as reference.gaussian_terms");
   m.def("render_terms", &gsasr::render_terms,
         "CPU: render the region from the per-Gaussian terms (k-sigma ellipses, tile ranges found here)");
 }

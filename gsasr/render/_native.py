@@ -16,8 +16,9 @@ imports the already-built module from the build folder of :mod:`gsasr.render._bu
    exact for any input; the grid layout only decides how few candidates each tile has to test;
 4. ``ext.render``: the gather kernel.
 
-On the CPU, :func:`render_cpu` does step 1 only and hands the terms to ``ext.render_terms``, which does steps 2-4
-in one C++ pass and also cuts each box to the Gaussian's k-sigma ellipse (cuda/render_cpu.cpp).
+On the CPU, step 1 is one fused C++ pass (``ext.terms``, bit-identical to the PyTorch ops) and
+:func:`render_cpu` hands the terms to ``ext.render_terms``, which does steps 2-4 in one C++ pass and also cuts each
+box to the Gaussian's k-sigma ellipse (cuda/render_cpu.cpp).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ import torch
 from torch import Tensor
 
 from . import _build
-from .reference import gaussian_terms, scale_pair, support_radius
+from .reference import GaussianTerms, correlation, gaussian_terms, kernel_steps, scale_pair, support_radius
 
 JIT_ENV_VAR = "GSASR_JIT"
 
@@ -130,10 +131,25 @@ def render(ext: ModuleType, gaussians: Tensor, scale: float | tuple[float, float
 def render_cpu(ext: ModuleType, gaussians: Tensor, scale: float | tuple[float, float], canvas_hw: tuple[int, int],
                dmax: float, region: tuple[int, int, int, int]) -> Tensor:
     """The CPU path: ``ext.render_terms`` finds boxes, k-sigma ellipses and tile ranges itself, from the terms."""
-    terms = gaussian_terms(gaussians, scale, canvas_hw)  # float32 (fp16/bf16 upcast)
+    terms = cpu_terms(ext, gaussians, scale, canvas_hw)
     grid_w = grid_width(gaussians.shape[0], canvas_hw, scale)
     return ext.render_terms(terms.centre, terms.sigma, terms.conic, terms.colour, float(dmax), NATIVE_SIGMA_CUTOFF,
                             grid_w, *canvas_hw, *region)
+
+
+def cpu_terms(ext: ModuleType, gaussians: Tensor, scale: float | tuple[float, float],
+              canvas_hw: tuple[int, int]) -> GaussianTerms:
+    """:func:`gaussian_terms` of CPU Gaussians, bit for bit, with the fused ``ext.terms`` pass (cuda/terms_cpu.cpp)
+    where this build has it; a build from before it falls back to the PyTorch ops."""
+    g = gaussians.to(torch.float32)  # the reference's g: rho must come from the same (maybe strided) column
+    # PyTorch evaluates the reference's sigmoids on strided columns with its scalar formula, which ext.terms
+    # repeats; on a column-major g (columns of stride 1) it would use its vectorised exp instead, whose last bits
+    # differ. Decoder output is row-major, so that layout only reaches the PyTorch path.
+    if not hasattr(ext, "terms") or (g.shape[0] > 1 and g.stride(0) == 1):
+        return gaussian_terms(gaussians, scale, canvas_hw)
+    rho = correlation(g).contiguous()
+    canvas_h, canvas_w = (int(n) for n in canvas_hw)
+    return GaussianTerms(*ext.terms(g.contiguous(), rho, *kernel_steps(scale), canvas_h, canvas_w))
 
 
 def render_with_ranges(ext: ModuleType, gaussians: Tensor, scale: float | tuple[float, float],

@@ -124,6 +124,22 @@ def _float64_device(device: torch.device) -> torch.device:
     return torch.device("cpu") if device.type == "mps" else device
 
 
+def kernel_steps(scale: float | tuple[float, float]) -> tuple[float, float]:
+    """(step_h, step_w): the official kernel's sigma unit per axis, STEP_NUMERATOR / scale, as Python floats."""
+    scale_h, scale_w = scale_pair(scale)
+    return STEP_NUMERATOR / scale_h, STEP_NUMERATOR / scale_w
+
+
+def correlation(g: Tensor) -> Tensor:
+    """rho of float32 raw parameters ``g`` [N, 9]: ``0.999999 * tanh(p2)``.
+
+    Its own function because every CPU path must get these exact bits from this exact PyTorch expression (on the
+    same, possibly strided, column): D = -0.5 / (1 - rho^2) turns one ulp of rho into percents of a weight when
+    |rho| -> 1.
+    """
+    return 0.999999 * torch.tanh(g[:, 2])
+
+
 def gaussian_terms(gaussians: Tensor, scale: float | tuple[float, float],
                    canvas_hw: tuple[int, int]) -> GaussianTerms:
     """Activations and unit conversion of raw decoder output, in the official kernel's exact rounding.
@@ -143,14 +159,13 @@ def gaussian_terms(gaussians: Tensor, scale: float | tuple[float, float],
     device = gaussians.device
     g = gaussians.to(device=_float64_device(device), dtype=torch.float32)
     canvas_h, canvas_w = (int(n) for n in canvas_hw)
-    scale_h, scale_w = scale_pair(scale)
-    step_h, step_w = STEP_NUMERATOR / scale_h, STEP_NUMERATOR / scale_w
+    step_h, step_w = kernel_steps(scale)
 
     # Activations, each a float32 tensor op with a Python-float scalar, in the official order (so the CPU
     # result is bit-identical to the official glue's).
     sigma_a = 0.99999 * torch.sigmoid(g[:, 0]) + 1e-6  # from p0: the HEIGHT axis (official "sigma_x")
     sigma_b = 0.99999 * torch.sigmoid(g[:, 1]) + 1e-6  # from p1: the WIDTH axis (official "sigma_y")
-    rho = 0.999999 * torch.tanh(g[:, 2])
+    rho = correlation(g)
     alpha = torch.sigmoid(g[:, 3])
     colour = torch.sigmoid(g[:, 4:7]) * alpha[:, None]
 
