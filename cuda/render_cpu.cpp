@@ -230,17 +230,40 @@ GSASR_AVX2 inline __m256 exp2_avx2(__m256 t) {
   return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), scale));
 }
 
-// The per-row values of one splat, for up to kTileH rows (+ a vector of padding).
+// Span lane masks: entry i is all ones for i < kMaskOnes, then kLanes zeros. A vector with `left` pixels of its
+// row's span still to go (any number up to the tile width) reads its mask at kMaskOnes - left: its first
+// min(left, 8) lanes are on. The read position then moves by one vector per vector, like every other offset of
+// a row's vectors (see VectorJob).
+constexpr int32_t kMaskOnes = static_cast<int32_t>(kTileW) + kLanes;
+struct SpanMaskTable {
+  alignas(64) int32_t bits[kMaskOnes + kLanes];
+  constexpr SpanMaskTable() : bits() {
+    for (int32_t i = 0; i < kMaskOnes; ++i) bits[i] = -1;
+  }
+};
+constexpr SpanMaskTable kSpanMask{};
+
+// One vector of a splat: 8 consecutive pixels of one row. All four fields are byte offsets, so the pixel loop
+// uses them directly in addressing: into the plane-0 accumulator, into the column terms (adx2 / bdx), into
+// kSpanMask, and into the row terms (dy / cdy2). The next vector of the same row is the same job plus
+// kVectorStep (32 bytes on the first three, the same row).
+struct alignas(16) VectorJob {
+  int32_t acc, col, mask, row;
+};
+
+// The per-row values of one splat, for up to kTileH rows (+ a vector of padding): the row terms, each row's
+// first VectorJob, and its number of vectors.
 struct RowSpans {
   alignas(32) float dy[kTileH + kLanes];
   alignas(32) float cdy2[kTileH + kLanes];
-  alignas(32) int32_t first[kTileH + kLanes];
-  alignas(32) int32_t count[kTileH + kLanes];  // <= 0: nothing on that row
+  alignas(32) VectorJob first_job[kTileH + kLanes];
+  alignas(32) int32_t vectors[kTileH + kLanes];
 };
 
-// row_span and the row terms dy, (C dy) dy for 8 rows at once. Spans are clamped to [xa, xb] in float before
-// the conversion (a whole-box span is +-1e15), so an empty row gets a count <= 0.
-GSASR_AVX2 inline void row_spans_avx2(const Splat& s, const float* gy, RowSpans* out) {
+// Rows ya..yb of a splat, 8 at a time: the row terms dy, (C dy) dy, and each row's span (row_span, vectorised)
+// turned into its first job and vector count. Spans are clamped to [xa, xb] in float before the conversion (a
+// whole-box span is +-1e15), so an empty row gets a count <= 0, hence 0 vectors.
+GSASR_AVX2 inline void row_spans_avx2(const Splat& s, const TileView& tile, RowSpans* out) {
   const Ellipse& e = s.ellipse;
   const __m256 cy = _mm256_set1_ps(s.cy), c = _mm256_set1_ps(s.c);
   const __m256 centre = _mm256_set1_ps(e.centre), slope = _mm256_set1_ps(e.slope);
@@ -248,9 +271,15 @@ GSASR_AVX2 inline void row_spans_avx2(const Splat& s, const float* gy, RowSpans*
   const __m256 margin = _mm256_set1_ps(kSpanMarginPx), origin = _mm256_set1_ps(static_cast<float>(s.box_x0));
   const __m256 lo = _mm256_set1_ps(static_cast<float>(s.xa)), hi = _mm256_set1_ps(static_cast<float>(s.xb));
   const __m256 lo_m1 = _mm256_set1_ps(static_cast<float>(s.xa - 1)), hi_p1 = _mm256_set1_ps(static_cast<float>(s.xb + 1));
+  // Byte offsets of a row's first pixel: acc = 4 ((row - ty0) kStride + first - tx0), col = 4 (first - xa),
+  // mask = 4 (kMaskOnes - count), row = 4 r.
+  const __m256i acc_origin = _mm256_set1_epi32(4 * ((s.ya - tile.ty0) * static_cast<int32_t>(kStride) - tile.tx0));
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i xa = _mm256_set1_epi32(s.xa), ones = _mm256_set1_epi32(kMaskOnes);
+  const __m256i seven = _mm256_set1_epi32(kLanes - 1), zero = _mm256_setzero_si256();
   const int32_t rows = s.yb - s.ya + 1;
   for (int32_t k = 0; k < rows; k += kLanes) {
-    const __m256 dy = _mm256_sub_ps(_mm256_loadu_ps(gy + s.ya + k), cy);
+    const __m256 dy = _mm256_sub_ps(_mm256_loadu_ps(tile.gy + s.ya + k), cy);
     const __m256 cdy2 = _mm256_mul_ps(_mm256_mul_ps(c, dy), dy);  // the reference's rounding
     const __m256 mid = _mm256_add_ps(centre, _mm256_mul_ps(slope, dy));
     const __m256 half = _mm256_sqrt_ps(
@@ -260,42 +289,50 @@ GSASR_AVX2 inline void row_spans_avx2(const Splat& s, const float* gy, RowSpans*
     f = _mm256_min_ps(_mm256_max_ps(f, lo), hi_p1);
     l = _mm256_max_ps(_mm256_min_ps(l, hi), lo_m1);
     const __m256i first = _mm256_cvtps_epi32(f);
+    const __m256i count = _mm256_max_epi32(_mm256_sub_epi32(_mm256_cvtps_epi32(l), _mm256_sub_epi32(first, _mm256_set1_epi32(1))), zero);
     _mm256_store_ps(out->dy + k, dy);
     _mm256_store_ps(out->cdy2 + k, cdy2);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(out->first + k), first);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(out->count + k),
-                       _mm256_add_epi32(_mm256_sub_epi32(_mm256_cvtps_epi32(l), first), _mm256_set1_epi32(1)));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(out->vectors + k), _mm256_srli_epi32(_mm256_add_epi32(count, seven), 3));
+    const __m256i r = _mm256_add_epi32(_mm256_set1_epi32(k), lane);
+    const __m256i acc = _mm256_add_epi32(
+        acc_origin, _mm256_slli_epi32(_mm256_add_epi32(_mm256_mullo_epi32(r, _mm256_set1_epi32(kStride)), first), 2));
+    const __m256i col = _mm256_slli_epi32(_mm256_sub_epi32(first, xa), 2);
+    const __m256i mask = _mm256_slli_epi32(_mm256_sub_epi32(ones, count), 2);
+    const __m256i row = _mm256_slli_epi32(r, 2);
+    // Transpose the four 8-row vectors into 8 jobs of 4 fields.
+    const __m256i ac_lo = _mm256_unpacklo_epi32(acc, col), ac_hi = _mm256_unpackhi_epi32(acc, col);
+    const __m256i mr_lo = _mm256_unpacklo_epi32(mask, row), mr_hi = _mm256_unpackhi_epi32(mask, row);
+    const __m256i j0 = _mm256_unpacklo_epi64(ac_lo, mr_lo), j1 = _mm256_unpackhi_epi64(ac_lo, mr_lo);
+    const __m256i j2 = _mm256_unpacklo_epi64(ac_hi, mr_hi), j3 = _mm256_unpackhi_epi64(ac_hi, mr_hi);
+    __m128i* jobs = reinterpret_cast<__m128i*>(out->first_job + k);
+    _mm_store_si128(jobs + 0, _mm256_castsi256_si128(j0));
+    _mm_store_si128(jobs + 1, _mm256_castsi256_si128(j1));
+    _mm_store_si128(jobs + 2, _mm256_castsi256_si128(j2));
+    _mm_store_si128(jobs + 3, _mm256_castsi256_si128(j3));
+    _mm_store_si128(jobs + 4, _mm256_extracti128_si256(j0, 1));
+    _mm_store_si128(jobs + 5, _mm256_extracti128_si256(j1, 1));
+    _mm_store_si128(jobs + 6, _mm256_extracti128_si256(j2, 1));
+    _mm_store_si128(jobs + 7, _mm256_extracti128_si256(j3, 1));
   }
 }
 
-// Lane masks for a vector with r of its 8 lanes inside the span: 8 ones then 8 zeros, read from 8 - r.
-alignas(64) constexpr int32_t kLaneMask[2 * kLanes] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
-
-// One vector of a splat: 8 consecutive pixels of one row starting at column x (region-local), of which the
-// first min(left, 8) are in the span; acc is the offset of pixel x in the tile accumulator.
-struct VectorJob {
-  int32_t acc, x, left, row;
-};
-
-// The vectors of a splat, row after row, in a flat list. Spans are mostly 1..4 vectors long, and
-// looping over each row's vectors would mispredict the loop exit on almost every row; one flat loop per
-// splat mispredicts once. Every row writes 4 entries (no branch) and advances by the number it needs.
-GSASR_AVX2 inline int32_t vector_jobs(const Splat& s, const TileView& tile, const RowSpans& spans,
-                                      VectorJob* jobs) {
+// The vectors of a splat, row after row, in a flat list. Spans are mostly 1..4 vectors long, and looping over
+// each row's vectors would mispredict the loop exit on almost every row; one flat loop per splat mispredicts
+// once. Every row writes 4 jobs (no branch) and advances by the number it needs.
+GSASR_AVX2 inline int32_t vector_jobs(const Splat& s, const RowSpans& spans, VectorJob* jobs) {
   const int32_t rows = s.yb - s.ya + 1;
-  const __m128i step = _mm_setr_epi32(kLanes, kLanes, -kLanes, 0);
+  const __m128i step = _mm_setr_epi32(4 * kLanes, 4 * kLanes, 4 * kLanes, 0);
   int32_t n = 0;
   for (int32_t r = 0; r < rows; ++r) {
-    const int32_t count = spans.count[r], first = spans.first[r];
-    const int32_t acc = (s.ya + r - tile.ty0) * static_cast<int32_t>(kStride) + (first - tile.tx0);
-    __m128i job = _mm_setr_epi32(acc, first, count, r);
-    const int32_t vectors = count > 0 ? (count + kLanes - 1) / kLanes : 0;
+    __m128i job = _mm_load_si128(reinterpret_cast<const __m128i*>(spans.first_job + r));
+    const int32_t vectors = spans.vectors[r];
+    __m128i* out = reinterpret_cast<__m128i*>(jobs + n);
     for (int j = 0; j < 4; ++j) {
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(jobs + n + j), job);
+      _mm_store_si128(out + j, job);
       job = _mm_add_epi32(job, step);
     }
     for (int j = 4; j < vectors; ++j) {  // spans over 32 pixels: rare
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(jobs + n + j), job);
+      _mm_store_si128(out + j, job);
       job = _mm_add_epi32(job, step);
     }
     n += vectors;
@@ -303,16 +340,22 @@ GSASR_AVX2 inline int32_t vector_jobs(const Splat& s, const TileView& tile, cons
   return n;
 }
 
+template <typename T>
+GSASR_AVX2 inline const T* at_byte(const T* base, int32_t offset) {
+  return reinterpret_cast<const T*>(reinterpret_cast<const char*>(base) + offset);
+}
+
 // AVX2 version of splat_generic. Whole vectors from each span's first column, lanes past its end masked (the
 // accumulator's row padding absorbs a vector that runs past the tile). The quadratic form is computed in the
 // reference's order with separate multiplies and adds (no FMA: it cancels when |rho| -> 1). The exponential is
 // an approximation, and its argument D q is rounded as (D log2 e) q instead of the reference's D q: both only
-// move the weight by ~1e-7 relative (|E| ulp), against the 1e-5 parity budget.
+// move the weight by ~1e-7 relative (|E| ulp), against the 1e-5 parity budget. The colour sums use FMA (one
+// rounding instead of two: the order of the sums differs from the reference's anyway).
 GSASR_AVX2 void splat_avx2(const Splat& s, const TileView& tile) {
   RowSpans spans;
-  row_spans_avx2(s, tile.gy, &spans);
+  row_spans_avx2(s, tile, &spans);
   VectorJob jobs[kTileH * (kTileW / kLanes) + 4];
-  const int32_t n = vector_jobs(s, tile, spans, jobs);
+  const int32_t n = vector_jobs(s, spans, jobs);
   // The column terms (A dx) dx and B dx of the quadratic form depend on the column only: computed once per
   // splat for columns xa .. xb (+ a vector of padding, read by masked lanes), rounded as the reference does.
   alignas(32) float adx2[kTileW + 2 * kLanes], bdx[kTileW + 2 * kLanes];
@@ -326,24 +369,21 @@ GSASR_AVX2 void splat_avx2(const Splat& s, const TileView& tile) {
   const __m256 vd = _mm256_set1_ps(s.d * kLog2e);
   const __m256 vr = _mm256_set1_ps(s.red), vg = _mm256_set1_ps(s.green), vbl = _mm256_set1_ps(s.blue);
   const __m256 floor = _mm256_set1_ps(kExpFloor * kLog2e), ceil = _mm256_set1_ps(kExpCeil * kLog2e);
-  const float* mask = reinterpret_cast<const float*>(kLaneMask) + kLanes;
-  float* __restrict__ ar = tile.acc[0];
-  float* __restrict__ ag = tile.acc[1];
-  float* __restrict__ ab = tile.acc[2];
+  const float* mask = reinterpret_cast<const float*>(kSpanMask.bits);
+  float* const ar = tile.acc[0];
+  const std::ptrdiff_t green = tile.acc[1] - ar, blue = tile.acc[2] - ar;
   for (int32_t v = 0; v < n; ++v) {
-    const VectorJob& job = jobs[v];
-    const __m256 vdy = _mm256_broadcast_ss(spans.dy + job.row);
-    const __m256 vcdy2 = _mm256_broadcast_ss(spans.cdy2 + job.row);
-    const int32_t col = job.x - s.xa;
-    const __m256 bdxdy = _mm256_mul_ps(_mm256_loadu_ps(bdx + col), vdy);
-    __m256 t = _mm256_mul_ps(_mm256_add_ps(_mm256_sub_ps(_mm256_loadu_ps(adx2 + col), bdxdy), vcdy2), vd);
+    const VectorJob job = jobs[v];
+    const __m256 vdy = _mm256_broadcast_ss(at_byte(spans.dy, job.row));
+    const __m256 vcdy2 = _mm256_broadcast_ss(at_byte(spans.cdy2, job.row));
+    const __m256 bdxdy = _mm256_mul_ps(_mm256_loadu_ps(at_byte(bdx, job.col)), vdy);
+    __m256 t = _mm256_mul_ps(_mm256_add_ps(_mm256_sub_ps(_mm256_loadu_ps(at_byte(adx2, job.col)), bdxdy), vcdy2), vd);
     t = _mm256_min_ps(_mm256_max_ps(t, floor), ceil);
-    const __m256 inside = _mm256_loadu_ps(mask - std::min(job.left, kLanes));
-    const __m256 w = _mm256_and_ps(exp2_avx2(t), inside);
-    const int32_t at = job.acc;
-    _mm256_storeu_ps(ar + at, _mm256_add_ps(_mm256_loadu_ps(ar + at), _mm256_mul_ps(w, vr)));
-    _mm256_storeu_ps(ag + at, _mm256_add_ps(_mm256_loadu_ps(ag + at), _mm256_mul_ps(w, vg)));
-    _mm256_storeu_ps(ab + at, _mm256_add_ps(_mm256_loadu_ps(ab + at), _mm256_mul_ps(w, vbl)));
+    const __m256 w = _mm256_and_ps(exp2_avx2(t), _mm256_loadu_ps(at_byte(mask, job.mask)));
+    float* px = reinterpret_cast<float*>(reinterpret_cast<char*>(ar) + job.acc);
+    _mm256_storeu_ps(px, _mm256_fmadd_ps(w, vr, _mm256_loadu_ps(px)));
+    _mm256_storeu_ps(px + green, _mm256_fmadd_ps(w, vg, _mm256_loadu_ps(px + green)));
+    _mm256_storeu_ps(px + blue, _mm256_fmadd_ps(w, vbl, _mm256_loadu_ps(px + blue)));
   }
 }
 
