@@ -135,7 +135,13 @@ void clip_axis(double centre, double extent, int64_t n, int64_t start, int32_t* 
 // |D| = 0.5 / (1 - rho^2) is what makes this matter for |rho| -> 1. We therefore keep every pixel where the
 // exact form (real dx, dy; the float A, B, C) is within k^2/2 + slack of zero after scaling by |D|, with the
 // slack twice that bound: any pixel left out has a float32 weight below exp(-k^2/2).
-Ellipse ellipse_of(const float* centre, const float* conic, float cutoff, const Region& region, int32_t box[4]) {
+//
+// What a left-out pixel loses is weight x colour, so the bound is on that product: a Gaussian whose brightest
+// channel is c < 1 keeps the pixels where its weight is at least exp(-k^2/2) / c, i.e. the ellipse of
+// k_eff^2 = k^2 + 2 ln c (visible_k2). Every contribution left out is still below exp(-k^2/2) (times 1, the
+// largest colour); the rounding slack is kept at its size for the whole k-sigma box.
+Ellipse ellipse_of(const float* centre, const float* conic, float cutoff, double visible_k2, const Region& region,
+                   int32_t box[4]) {
   const float a32 = conic[0], b32 = conic[1], c32 = conic[2], d32 = conic[3];
   if (region.canvas_w == 1 || region.canvas_h == 1 || !finite_bits(a32) || !finite_bits(b32) ||
       !finite_bits(c32) || !finite_bits(d32) || !(a32 > 0.0f) || !(c32 > 0.0f) || !(d32 < 0.0f)) {
@@ -143,7 +149,7 @@ Ellipse ellipse_of(const float* centre, const float* conic, float cutoff, const 
   }
   const double a = a32, b = b32, c = c32, d = -static_cast<double>(d32), k2 = static_cast<double>(cutoff) * cutoff;
   const double slack = d * 1e-6 * 4.0 * k2 + 1e-3;
-  const double bound = (0.5 * k2 + slack) / d;  // keep (A dx^2 - B dx dy + C dy^2) <= bound
+  const double bound = (0.5 * std::min(visible_k2, k2) + slack) / d;  // keep (A dx^2 - B dx dy + C dy^2) <= bound
   // Completing the square in dx: A (dx - s dy)^2 + (C - B^2 / 4A) dy^2 <= bound; likewise in dy.
   const double s = b / (2.0 * a), shrink_y = c - b * b / (4.0 * a), shrink_x = a - b * b / (4.0 * c);
   if (shrink_y > 0.0) clip_axis(centre[1], std::sqrt(bound / shrink_y), region.canvas_h, region.y0, &box[2], &box[3]);
@@ -155,6 +161,16 @@ Ellipse ellipse_of(const float* centre, const float* conic, float cutoff, const 
   e.half2 = static_cast<float>(bound / a * px * px);
   e.shrink = static_cast<float>(shrink_y / a * px * px);
   return e;
+}
+
+// k_eff^2 = k^2 + 2 ln(brightest channel) of ellipse_of (k^2 when no channel is below 1, or one is not a
+// number); <= 0 when the Gaussian cannot reach exp(-k^2/2) anywhere. Colours are sigmoid x alpha, in [0, 1].
+double visible_cutoff2(const float* colour, float cutoff) {
+  const double k2 = static_cast<double>(cutoff) * cutoff;
+  const float brightest = std::max(colour[0], std::max(colour[1], colour[2]));
+  if (!(brightest < 1.0f) || !finite_bits(colour[0]) || !finite_bits(colour[1]) || !finite_bits(colour[2])) return k2;
+  if (!(brightest > 0.0f)) return -1.0;
+  return k2 + 2.0 * std::log(static_cast<double>(brightest));
 }
 
 // One Gaussian clipped to one tile: everything a splat function needs.
@@ -630,6 +646,7 @@ at::Tensor render_terms_cpu(const at::Tensor& centre, const at::Tensor& sigma, c
   const float* cen = centre.data_ptr<float>();
   const float* sig = sigma.data_ptr<float>();
   const float* con = conic.data_ptr<float>();
+  const float* rgb = colour.data_ptr<float>();
   // The support radius exactly as reference.support_radius rounds it: min(float32(sigma * k), float32(dmax)).
   const float dmax32 = static_cast<float>(dmax), cutoff32 = static_cast<float>(cutoff);
 
@@ -654,7 +671,13 @@ at::Tensor render_terms_cpu(const at::Tensor& centre, const at::Tensor& sigma, c
         box_of_table(cen + 2 * i, std::min(s[0] * cutoff32, dmax32), std::min(s[1] * cutoff32, dmax32), rg, coords,
                      box);
         if (box[0] > box[1]) continue;
-        ellipses[i] = ellipse_of(cen + 2 * i, con + 4 * i, cutoff32, rg, box);
+        const double k2 = visible_cutoff2(rgb + 3 * i, cutoff32);
+        if (k2 <= 0.0) {  // too dark to show anywhere: every contribution is below exp(-k^2/2)
+          box[0] = box[2] = 1;
+          box[1] = box[3] = 0;
+          continue;
+        }
+        ellipses[i] = ellipse_of(cen + 2 * i, con + 4 * i, cutoff32, k2, rg, box);
         if (box[0] > box[1] || box[2] > box[3]) {  // the ellipse misses the region
           box[0] = box[2] = 1;
           box[1] = box[3] = 0;
@@ -682,7 +705,7 @@ at::Tensor render_terms_cpu(const at::Tensor& centre, const at::Tensor& sigma, c
   tile_ranges(row_lo, row_hi, h, kTileH, rows.data());
 
   auto image = at::empty({3, h, w}, centre.options());
-  const TileJob job{Terms{cen, 2, con, 4, colour.data_ptr<float>(), 3}, boxes.data(), ellipses.data(), cols.data(),
+  const TileJob job{Terms{cen, 2, con, 4, rgb, 3}, boxes.data(), ellipses.data(), cols.data(),
                     rows.data(), grid_w, rg};
   render_tiles(job, image.data_ptr<float>());
   return image;
