@@ -26,6 +26,7 @@ from torch import nn
 
 from . import tiling
 from .errors import InsufficientMemoryError, InvalidInputError
+from .finite import all_finite
 from .render import render_gaussians
 
 MIN_SCALE_EXCLUSIVE = 1.0   # GSASR is an upscaler; for shrinking use a plain resize
@@ -383,7 +384,7 @@ def _check_image(image: torch.Tensor) -> None:
     if not image.is_floating_point():
         raise InvalidInputError(f"image must be floating point in [0, 1], got {image.dtype}; divide 8-bit images "
                                 f"by 255.")
-    if not bool(torch.isfinite(image).all()):
+    if not all_finite(image):
         raise InvalidInputError("image contains NaN or infinite values.")
 
 

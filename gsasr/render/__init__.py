@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ..errors import BackendUnavailableError, InvalidInputError
+from ..finite import all_finite
 from . import reference
 from .reference import DEFAULT_DMAX, SIGMA_CUTOFF, GaussianTerms, gaussian_terms
 
@@ -133,7 +134,7 @@ def _check_inputs(gaussians: Tensor, scale: float | tuple[float, float], canvas_
                                 f"render a batch one image at a time.")
     if not gaussians.is_floating_point():
         raise InvalidInputError(f"gaussians must be floating point, got {gaussians.dtype}.")
-    if gaussians.numel() and not bool(torch.isfinite(gaussians).all()):
+    if not all_finite(gaussians):
         raise InvalidInputError("gaussians contain NaN or infinite values; the decoder output is broken (try "
                                 "amp='off' if it ran in reduced precision).")
     try:
