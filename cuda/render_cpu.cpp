@@ -126,9 +126,9 @@ void clip_axis(double centre, double extent, int64_t n, int64_t start, int32_t* 
   if (hi < *last) *last = hi < *first ? *first - 1 : static_cast<int32_t>(hi);
 }
 
-// The ellipse outside which every weight, as the reference computes it in float32, is below exp(-k^2/2), and
-// the box (region-local, inclusive) tightened to it. Returns kWholeBox when it cannot help (1-pixel axes,
-// non-finite terms).
+// The ellipse outside which every weight, as the reference computes it in float32, is below exp(-k^2/2)
+// (ellipse_shape), and the box (region-local, inclusive) tightened to it (fit_ellipse). Not used when it cannot
+// help (1-pixel axes, non-finite terms): the whole box is rendered.
 //
 // The reference evaluates E = D * ((A dx) dx - (B dx) dy + (C dy) dy) in float32. Inside the box every term of
 // the form is at most k^2 (|dx| <= k sig_w, A = 1/sig_w^2, likewise dy; |B dx dy| <= 2 k^2), so the float32
@@ -141,32 +141,57 @@ void clip_axis(double centre, double extent, int64_t n, int64_t start, int32_t* 
 // channel is c < 1 keeps the pixels where its weight is at least exp(-k^2/2) / c, i.e. the ellipse of
 // k_eff^2 = k^2 + 2 ln c (visible_k2). Every contribution left out is still below exp(-k^2/2) (times 1, the
 // largest colour); the rounding slack is kept at its size for the whole k-sigma box.
-Ellipse ellipse_of(const float* centre, const float* conic, float cutoff, double visible_k2, const Region& region,
-                   int32_t box[4]) {
+struct EllipseShape {
+  double bound, inv_a, slope, shrink_y;  // keep (A dx^2 - B dx dy + C dy^2) <= bound; see ellipse_of
+  double extent_x, extent_y;             // half-extents in normalised units; 0 when that axis cannot be cut
+};
+
+// The shape half of ellipse_of; false when it cannot help (1-pixel axes, non-finite or degenerate terms).
+bool ellipse_shape(const float* conic, float cutoff, double visible_k2, const Region& region, EllipseShape* out) {
   const float a32 = conic[0], b32 = conic[1], c32 = conic[2], d32 = conic[3];
   if (region.canvas_w == 1 || region.canvas_h == 1 || !finite_bits(a32) || !finite_bits(b32) ||
       !finite_bits(c32) || !finite_bits(d32) || !(a32 > 0.0f) || !(c32 > 0.0f) || !(d32 < 0.0f)) {
-    return kWholeBox;
+    return false;
   }
   const double a = a32, b = b32, c = c32, d = -static_cast<double>(d32), k2 = static_cast<double>(cutoff) * cutoff;
   const double slack = d * 1e-6 * 4.0 * k2 + 1e-3;
-  const double bound = (0.5 * std::min(visible_k2, k2) + slack) / d;  // keep (A dx^2 - B dx dy + C dy^2) <= bound
+  out->bound = (0.5 * std::min(visible_k2, k2) + slack) / d;
   // Completing the square in dx: A (dx - s dy)^2 + (C - B^2 / 4A) dy^2 <= bound; likewise in dy.
   // (Reciprocals: this runs once per Gaussian, and double divisions are its slowest part.)
-  const double inv_a = 1.0 / a, quarter_b2 = 0.25 * b * b;
-  const double s = 0.5 * b * inv_a, shrink_y = c - quarter_b2 * inv_a, shrink_x = a - quarter_b2 / c;
-  if (shrink_y > 0.0) clip_axis(centre[1], std::sqrt(bound / shrink_y), region.canvas_h, region.y0, &box[2], &box[3]);
-  if (shrink_x > 0.0) clip_axis(centre[0], std::sqrt(bound / shrink_x), region.canvas_w, region.x0, &box[0], &box[1]);
+  const double quarter_b2 = 0.25 * b * b;
+  out->inv_a = 1.0 / a;
+  out->slope = 0.5 * b * out->inv_a;
+  out->shrink_y = c - quarter_b2 * out->inv_a;
+  const double shrink_x = a - quarter_b2 / c;
+  out->extent_y = out->shrink_y > 0.0 ? std::sqrt(out->bound / out->shrink_y) : 0.0;
+  out->extent_x = shrink_x > 0.0 ? std::sqrt(out->bound / shrink_x) : 0.0;
+  return true;
+}
+
+// True when every pixel that clip_axis keeps for this extent passes the official float32 window test
+// |float(coord) - centre| <= radius: then that axis's box is just the ellipse's, and the exact window span
+// need not be searched. clip_axis keeps pixels up to kSpanMarginPx beyond the extent; float32 rounding of the
+// coordinate and of the difference is below 1e-6 (2 + |centre|) normalised units.
+bool window_holds_ellipse(float centre, double extent, float radius, int64_t n) {
+  if (!(extent > 0.0) || !finite_bits(centre)) return false;
+  const double reach = extent + kSpanMarginPx / pixels_per_unit(n) + 1e-6 * (2.0 + std::fabs(static_cast<double>(centre)));
+  return reach < static_cast<double>(radius);
+}
+
+// The ellipse of a shape on the pixel grid, with the box (region-local, inclusive) tightened to it.
+Ellipse fit_ellipse(const EllipseShape& shape, const float* centre, const Region& region, int32_t box[4]) {
+  if (shape.extent_y > 0.0) clip_axis(centre[1], shape.extent_y, region.canvas_h, region.y0, &box[2], &box[3]);
+  if (shape.extent_x > 0.0) clip_axis(centre[0], shape.extent_x, region.canvas_w, region.x0, &box[0], &box[1]);
   const double px = pixels_per_unit(region.canvas_w);
   Ellipse e;
   e.centre = static_cast<float>((centre[0] + 1.0) * px - static_cast<double>(region.x0) - box[0]);
-  e.slope = static_cast<float>(s * px);
-  e.half2 = static_cast<float>(bound * inv_a * px * px);
-  e.shrink = static_cast<float>(shrink_y * inv_a * px * px);
+  e.slope = static_cast<float>(shape.slope * px);
+  e.half2 = static_cast<float>(shape.bound * shape.inv_a * px * px);
+  e.shrink = static_cast<float>(shape.shrink_y * shape.inv_a * px * px);
   return e;
 }
 
-// k_eff^2 = k^2 + 2 ln(brightest channel) of ellipse_of (k^2 when no channel is below 1, or one is not a
+// k_eff^2 = k^2 + 2 ln(brightest channel) of the ellipse (k^2 when no channel is below 1, or one is not a
 // number); <= 0 when the Gaussian cannot reach exp(-k^2/2) anywhere. Colours are sigmoid x alpha, in [0, 1].
 double visible_cutoff2(const float* colour, float cutoff) {
   const double k2 = static_cast<double>(cutoff) * cutoff;
@@ -673,16 +698,44 @@ at::Tensor render_terms_cpu(const at::Tensor& centre, const at::Tensor& sigma, c
         const int64_t i = r * grid_w + c;
         int32_t* box = boxes.get() + 4 * i;
         const float* s = sig + 2 * i;
-        box_of_table(cen + 2 * i, std::min(s[0] * cutoff32, dmax32), std::min(s[1] * cutoff32, dmax32), rg, coords,
-                     box);
-        if (box[0] > box[1]) continue;
+        const float* centre = cen + 2 * i;
+        const float radius_x = std::min(s[0] * cutoff32, dmax32), radius_y = std::min(s[1] * cutoff32, dmax32);
         const double k2 = visible_cutoff2(rgb + 3 * i, cutoff32);
         if (k2 <= 0.0) {  // too dark to show anywhere: every contribution is below exp(-k^2/2)
           box[0] = box[2] = 1;
           box[1] = box[3] = 0;
           continue;
         }
-        ellipses[i] = ellipse_of(cen + 2 * i, con + 4 * i, cutoff32, k2, rg, box);
+        EllipseShape shape;
+        if (!ellipse_shape(con + 4 * i, cutoff32, k2, rg, &shape)) {
+          box_of_table(centre, radius_x, radius_y, rg, coords, box);
+          ellipses[i] = kWholeBox;
+        } else {
+          // Per axis, the exact window span, unless the ellipse provably lies inside the window on that axis
+          // (the usual case once colour shrinks the ellipse below the k-sigma box): then the region's whole
+          // extent, which fit_ellipse cuts to the ellipse.
+          bool hit = true;
+          if (window_holds_ellipse(centre[0], shape.extent_x, radius_x, rg.canvas_w)) {
+            box[0] = 0;
+            box[1] = static_cast<int32_t>(rg.w) - 1;
+          } else {
+            hit = axis_span_table(centre[0], radius_x, rg.canvas_w, rg.w, coords.x.data(), &box[0], &box[1],
+                                  static_cast<double>(rg.x0));
+          }
+          if (hit && window_holds_ellipse(centre[1], shape.extent_y, radius_y, rg.canvas_h)) {
+            box[2] = 0;
+            box[3] = static_cast<int32_t>(rg.h) - 1;
+          } else if (hit) {
+            hit = axis_span_table(centre[1], radius_y, rg.canvas_h, rg.h, coords.y.data(), &box[2], &box[3],
+                                  static_cast<double>(rg.y0));
+          }
+          if (hit) {
+            ellipses[i] = fit_ellipse(shape, centre, rg, box);
+          } else {
+            box[0] = box[2] = 1;
+            box[1] = box[3] = 0;
+          }
+        }
         if (box[0] > box[1] || box[2] > box[3]) {  // the ellipse misses the region
           box[0] = box[2] = 1;
           box[1] = box[3] = 0;

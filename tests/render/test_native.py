@@ -96,6 +96,18 @@ def test_grid_gaussians_match_the_reference(backend, lr, scale, dmax, dtype):
     _assert_matches_reference(raw, backend, scale, canvas, dmax=dmax)
 
 
+@pytest.mark.parametrize("dmax", [0.004, 0.008, 0.016, 0.03])
+def test_bright_and_dark_gaussians_at_the_window_edge_match_the_reference(backend, dmax):
+    """k sigma close to dmax, colours from ~1 (the k-sigma ellipse reaches the window) to dark (it shrinks
+    inside it, and the CPU kernel skips the exact window search on that axis)."""
+    raw = _grid_gaussians(10, 12, seed=int(dmax * 1000), extremes=False)
+    gen = torch.Generator().manual_seed(7)
+    raw[:, 0:2] = torch.rand(raw.shape[0], 2, generator=gen) * 8 - 4
+    raw[0::3, 3:7] = 14.0  # colour 1 - 8e-7
+    raw[1::3, 3:7] = -2.0  # dark
+    _assert_matches_reference(raw, backend, 4.0, (40, 48), dmax=dmax)
+
+
 @pytest.mark.parametrize(("canvas", "scale", "dmax"), [((17, 23), 3.7, 0.1), ((1, 19), 3.0, 0.1),
                                                        ((19, 1), 3.0, 0.5), ((1, 1), 2.0, 0.1),
                                                        ((2, 3), 1.2, 0.1), ((40, 70), 6.0, 0.3)])
