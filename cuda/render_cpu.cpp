@@ -13,11 +13,13 @@
 //   has no k, so it renders whole boxes.
 //
 // Ellipse spans. The reference's support is a box (the float32 window test on each axis); inside it, a pixel
-// whose weight is below exp(-k^2/2) cannot show in the sums (see NATIVE_SIGMA_CUTOFF in _native.py). Those
-// pixels are where the quadratic form exceeds k^2 (in sigma units), i.e. outside an ellipse that covers ~60 %
-// of the box on average. Per row we compute the ellipse's x-interval, widened so that every skipped pixel is
-// provably below the bound *as the reference rounds it* (float32 cancellation when |rho| -> 1 is budgeted, see
-// ellipse_of), and intersect it with the box: the window test itself is never approximated.
+// whose weight x colour is below exp(-k^2/2) cannot show in the sums (see NATIVE_SIGMA_CUTOFF in _native.py).
+// Those pixels are where the quadratic form exceeds k^2 (in sigma units, less for dark Gaussians), i.e. outside
+// an ellipse that covers ~60 % of the box on average. Per row we compute the ellipse's x-interval, widened so
+// that every skipped pixel is provably below the bound *as the reference rounds it* (float32 cancellation when
+// |rho| -> 1 is budgeted, see ellipse_shape), and intersect it with the box. The window test itself is never
+// approximated: it is searched exactly, or skipped on an axis where it provably passes for the whole ellipse
+// (window_holds_ellipse).
 #include <ATen/Parallel.h>
 #include <ATen/ATen.h>
 
@@ -142,11 +144,12 @@ void clip_axis(double centre, double extent, int64_t n, int64_t start, int32_t* 
 // k_eff^2 = k^2 + 2 ln c (visible_k2). Every contribution left out is still below exp(-k^2/2) (times 1, the
 // largest colour); the rounding slack is kept at its size for the whole k-sigma box.
 struct EllipseShape {
-  double bound, inv_a, slope, shrink_y;  // keep (A dx^2 - B dx dy + C dy^2) <= bound; see ellipse_of
+  double bound, inv_a, slope, shrink_y;  // keep (A dx^2 - B dx dy + C dy^2) <= bound
   double extent_x, extent_y;             // half-extents in normalised units; 0 when that axis cannot be cut
 };
 
-// The shape half of ellipse_of; false when it cannot help (1-pixel axes, non-finite or degenerate terms).
+// The bound and the shape of the ellipse above; false when it cannot help (1-pixel axes, non-finite or
+// degenerate terms).
 bool ellipse_shape(const float* conic, float cutoff, double visible_k2, const Region& region, EllipseShape* out) {
   const float a32 = conic[0], b32 = conic[1], c32 = conic[2], d32 = conic[3];
   if (region.canvas_w == 1 || region.canvas_h == 1 || !finite_bits(a32) || !finite_bits(b32) ||

@@ -37,10 +37,11 @@ from .reference import GaussianTerms, correlation, gaussian_terms, kernel_steps,
 JIT_ENV_VAR = "GSASR_JIT"
 
 NATIVE_SIGMA_CUTOFF: float = 6.0
-"""k of the compiled kernels' k-sigma support. Any weight they drop is below exp(-k^2/2) = 1.5e-8 (the smallest
-value of the quadratic form at |dx| = k sig_w is k^2), against exp(-32) for the reference's k = 8; with the few
-hundred Gaussians that can reach a pixel that stays far below the 1e-5 parity contract, and the boxes have ~45 %
-fewer pixels."""
+"""k of the compiled kernels' k-sigma support. Any contribution (weight x colour) they drop is below
+exp(-k^2/2) = 1.5e-8 (the smallest value of the quadratic form at |dx| = k sig_w is k^2; the CPU kernel shrinks
+the ellipse of a dark Gaussian so that the product keeps that bound), against exp(-32) for the reference's k = 8;
+summed over the Gaussians that can reach a pixel that stays near 1e-6, below the 1e-5 parity contract, and the
+boxes have ~45 % fewer pixels."""
 
 TILE = {"cpu": 32, "cuda": 16}
 """Tile side that ``ext.render`` expects its ranges for (cuda/render_cpu.cpp kTile, cuda/render_cuda.cu kTileCuda);

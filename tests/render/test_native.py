@@ -99,12 +99,13 @@ def test_grid_gaussians_match_the_reference(backend, lr, scale, dmax, dtype):
 @pytest.mark.parametrize("dmax", [0.004, 0.008, 0.016, 0.03])
 def test_bright_and_dark_gaussians_at_the_window_edge_match_the_reference(backend, dmax):
     """k sigma close to dmax, colours from ~1 (the k-sigma ellipse reaches the window) to dark (it shrinks
-    inside it, and the CPU kernel skips the exact window search on that axis)."""
+    inside it, and the CPU kernel skips the exact window search on that axis) to invisible."""
     raw = _grid_gaussians(10, 12, seed=int(dmax * 1000), extremes=False)
     gen = torch.Generator().manual_seed(7)
     raw[:, 0:2] = torch.rand(raw.shape[0], 2, generator=gen) * 8 - 4
     raw[0::3, 3:7] = 14.0  # colour 1 - 8e-7
     raw[1::3, 3:7] = -2.0  # dark
+    raw[2::6, 3] = -30.0  # alpha ~1e-13: below exp(-k^2/2) everywhere, skipped by the CPU kernel
     _assert_matches_reference(raw, backend, 4.0, (40, 48), dmax=dmax)
 
 
