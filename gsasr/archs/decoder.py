@@ -36,6 +36,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from .blocks import Mlp, add_rope_parameters, apply_rope, rope_phases, window_partition, window_reverse
+from .window_chunks import WindowChunks
 
 FORMS = ("paper", "enhanced")
 
@@ -45,23 +46,10 @@ _NUM_PARAMS = 9  # [p0, p1, rho, alpha, r, g, b, mean_x, mean_y]
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Layout helpers. Inside the attention blocks tokens live in window layout (B * nW, ws * ws, C), windows ordered
-# row-major over the image and tokens row-major inside a window (the official rearrange order). Convolutions and
-# rolls need image layout.
+# Layout. Inside the attention blocks tokens live in window layout (B * nW, ws * ws, C), windows ordered row-major
+# over the image and tokens row-major inside a window (the official rearrange order). Rolls and convolutions on
+# the seed grid are done chunk by chunk in that layout (window_chunks.py).
 # ---------------------------------------------------------------------------------------------------------------
-
-def _add_per_image(x: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
-    """x (B * nW, T, C) + vector (B, C), each image's vector added to all of its windows' tokens."""
-    b = vector.shape[0]
-    return (x.unflatten(0, (b, -1)) + vector[:, None, None, :]).flatten(0, 1)
-
-
-def _conv_in_image_layout(conv: nn.Conv2d, x: torch.Tensor, h: int, w: int, window: int) -> torch.Tensor:
-    """Apply a conv to window-layout tokens by going through (B, C, h, w) and back."""
-    image = window_reverse(x, window, h, w).permute(0, 3, 1, 2)
-    out = conv(image).permute(0, 2, 3, 1)
-    return window_partition(out, window)
-
 
 def _swin_relative_position_index(grid: int) -> torch.Tensor:
     """Standard Swin index (grid^2, grid^2) into a (2 * grid - 1)^2 bias table: (dy + g - 1) * (2g - 1) + dx + g - 1."""
@@ -111,10 +99,6 @@ class WindowAttention(nn.Module):
     * ``"rope"`` (enhanced): q and k rotated by mixed 2-D RoPE, then plain softmax attention (no bias, no mask).
     """
 
-    # Upper bound on attention logits held at once (elements), so huge images do not materialise every window's
-    # (heads, T, T) score matrix together when the attention backend falls back to the explicit computation.
-    max_logits_per_chunk = 1 << 25
-
     def __init__(self, dim: int, num_heads: int, window: int, position: str, self_attention: bool,
                  rope_theta: float = 10.0):
         super().__init__()
@@ -162,15 +146,9 @@ class WindowAttention(nn.Module):
             phases = rope_phases(self.rope_freqs, self.rope_t_x, self.rope_t_y)
             q, k = apply_rope(q, phases), apply_rope(k, phases)
         # Default SDPA scale is head_dim^-0.5, the official scale in both forms. The paper's bias is the only
-        # additive term: neither form masks the wrapped-around tokens of shifted windows.
-        step = max(1, self.max_logits_per_chunk // (self.num_heads * q.shape[2] * k.shape[2]))
-        if q.shape[0] <= step:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        else:
-            out = torch.empty_like(q)
-            for i in range(0, q.shape[0], step):
-                out[i:i + step] = F.scaled_dot_product_attention(q[i:i + step], k[i:i + step], v[i:i + step],
-                                                                 attn_mask=bias)
+        # additive term: neither form masks the wrapped-around tokens of shifted windows. The decoder calls this on
+        # chunks of a few windows (WindowChunks), which bounds the logits held at once.
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return self.proj(out.transpose(1, 2).flatten(2))
 
 
@@ -196,13 +174,20 @@ class CrossAttentionLayer(nn.Module):
         self.mlp_crossattn_feature = Mlp(dim, dim, dim)
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, feat_windows: dict[int, torch.Tensor],
-                scale_embedding: torch.Tensor) -> torch.Tensor:
-        x = _add_per_image(x, self.gs_cross_attn_scale(scale_embedding))
-        x = x + self.mlp_crossattn_scale(self.norm2(x))
+                scale_embedding: torch.Tensor, chunks: WindowChunks) -> None:
+        """Updates the seeds x (B * nW, T, C) in place."""
+        scale_term = self.gs_cross_attn_scale(scale_embedding)
         # [QUIRK] On shifted layers only the features are rolled (by -ws/2, cyclically), not the queries, and
         # there is no mask: seeds of window (m, n) see the pixels of the window displaced by (+ws/2, +ws/2).
-        x = x + self.window_cross_attn(self.norm3(x) + pos, feat_windows[self.shift])
-        return x + self.mlp_crossattn_feature(self.norm4(x))
+        context = feat_windows[self.shift]
+
+        def step(x: torch.Tensor, image: int, w0: int, w1: int) -> None:
+            x += scale_term[image]
+            x += self.mlp_crossattn_scale(self.norm2(x))
+            x += self.window_cross_attn(self.norm3(x) + pos, context[w0:w1])
+            x += self.mlp_crossattn_feature(self.norm4(x))
+
+        chunks.update(x, step)
 
 
 class SelfAttentionLayer(nn.Module):
@@ -210,7 +195,6 @@ class SelfAttentionLayer(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, window: int, shift: int, position: str, rope_theta: float):
         super().__init__()
-        self.window = window
         self.shift = shift
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
@@ -223,24 +207,21 @@ class SelfAttentionLayer(nn.Module):
         self.gs_cross_attn_scale = ScaleConditionAttention(dim)
         self.mlp_crossattn = Mlp(dim, dim, dim)
 
-    def _roll(self, x: torch.Tensor, shift: int, h: int, w: int) -> torch.Tensor:
-        """Cyclically roll the whole seed grid (not each window) by ``shift`` on both axes."""
-        image = torch.roll(window_reverse(x, self.window, h, w), shifts=(shift, shift), dims=(1, 2))
-        return window_partition(image, self.window)
+    def forward(self, x: torch.Tensor, scale_embedding: torch.Tensor, chunks: WindowChunks) -> None:
+        """Updates the seeds x (B * nW, T, C) in place."""
+        scale_term = self.gs_cross_attn_scale(scale_embedding)
 
-    def forward(self, x: torch.Tensor, scale_embedding: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        x = _add_per_image(x, self.gs_cross_attn_scale(scale_embedding))
-        x = x + self.mlp_crossattn(self.norm4(x))
-        y = self.norm1(x)
-        # [QUIRK] Shifted layers roll the grid by -ws/2 and back, with no attention mask: tokens that wrapped
-        # around the image edge attend to each other as if they were neighbours.
-        if self.shift:
-            y = self._roll(y, -self.shift, h, w)
-        y = self.gs_self_attn(y, y)
-        if self.shift:
-            y = self._roll(y, self.shift, h, w)
-        x = x + y
-        return x + self.mlp_selfattn(self.norm2(x))
+        def step(x: torch.Tensor, image: int, w0: int, w1: int) -> None:
+            x += scale_term[image]
+            x += self.mlp_crossattn(self.norm4(x))
+            y = self.norm1(x)
+            x += self.gs_self_attn(y, y)
+            x += self.mlp_selfattn(self.norm2(x))
+
+        # [QUIRK] Shifted layers roll the whole grid by -ws/2 and back, with no attention mask: tokens that wrapped
+        # around the image edge attend to each other as if they were neighbours. Every other step of the layer is
+        # per token, so the layer runs on chunks of rolled windows (see WindowChunks).
+        chunks.update(x, step, self.shift)
 
 
 def _block_mlp(dim: int) -> nn.Sequential:
@@ -250,26 +231,28 @@ def _block_mlp(dim: int) -> nn.Sequential:
 
 class _ResidualLayerStack(nn.Module):
     """What both kinds of decoder block share: r = x; LN; the layers; MLP; [enhanced: a 3x3 conv on the seed grid];
-    x = r + x. Submodule names (and their order) are the official ones: mlp, norm, blocks, conv."""
+    x = r + x. Submodule names (and their order) are the official ones: mlp, norm, blocks, conv.
 
-    def __init__(self, dim: int, window: int, layers: list[nn.Module], form: str):
+    Runs in place, chunk by chunk: the block's input x (B * nW, T, C) becomes its output, and the branch lives in
+    the chunks' scratch stream.
+    """
+
+    def __init__(self, dim: int, layers: list[nn.Module], form: str):
         super().__init__()
-        self.window = window
         self.mlp = _block_mlp(dim)
         self.norm = nn.LayerNorm(dim)
         self.blocks = nn.ModuleList(layers)
         self.conv = nn.Conv2d(dim, dim, 3, 1, 1) if form == "enhanced" else None
 
-    def _run(self, x: torch.Tensor, h: int, w: int,
-             layer_step: Callable[[nn.Module, torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        residual = x
-        x = self.norm(x)
+    def _run(self, x: torch.Tensor, chunks: WindowChunks, layer_step: Callable[[nn.Module, torch.Tensor], None]) -> None:
+        y = chunks.map(self.norm, x, out=chunks.scratch(x))
         for layer in self.blocks:
-            x = layer_step(layer, x)
-        x = self.mlp(x)
+            layer_step(layer, y)  # in place, chunk by chunk
+        chunks.map(self.mlp, y, out=y)
         if self.conv is not None:
-            x = _conv_in_image_layout(self.conv, x, h, w, self.window)
-        return residual + x
+            chunks.conv_add(self.conv, y, x)
+        else:
+            x += y
 
 
 def _shift(i: int, window: int) -> int:
@@ -284,11 +267,11 @@ class CrossAttentionBlock(_ResidualLayerStack):
         position = "bias" if form == "paper" else "rope"
         layers = [CrossAttentionLayer(dim, num_heads, window, _shift(i, window), position, rope_theta)
                   for i in range(num_layers)]
-        super().__init__(dim, window, layers, form)
+        super().__init__(dim, layers, form)
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, feat_windows: dict[int, torch.Tensor],
-                scale_embedding: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        return self._run(x, h, w, lambda layer, y: layer(y, pos, feat_windows, scale_embedding))
+                scale_embedding: torch.Tensor, chunks: WindowChunks) -> None:
+        self._run(x, chunks, lambda layer, y: layer(y, pos, feat_windows, scale_embedding, chunks))
 
 
 class SelfAttentionBlock(_ResidualLayerStack):
@@ -298,10 +281,10 @@ class SelfAttentionBlock(_ResidualLayerStack):
         position = "bias" if form == "paper" else "rope"
         layers = [SelfAttentionLayer(dim, num_heads, window, _shift(i, window), position, rope_theta)
                   for i in range(num_layers)]
-        super().__init__(dim, window, layers, form)
+        super().__init__(dim, layers, form)
 
-    def forward(self, x: torch.Tensor, scale_embedding: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        return self._run(x, h, w, lambda layer, y: layer(y, scale_embedding, h, w))
+    def forward(self, x: torch.Tensor, scale_embedding: torch.Tensor, chunks: WindowChunks) -> None:
+        self._run(x, chunks, lambda layer, y: layer(y, scale_embedding, chunks))
 
 
 def _gaussian_head(dim: int, out: int) -> nn.Sequential:
@@ -332,6 +315,10 @@ class GaussianDecoder(nn.Module):
     # reuses from its heap; 2^16 (200 MB blocks) went to fresh mmap pages every chunk, and page faults cost ~15 %
     # of the decoder's CPU time. Matrix products of 8192 rows still run at full speed.
     max_gaussians_per_chunk: int = 1 << 13
+
+    # Attention layers run on chunks of whole windows of about this many seeds (see WindowChunks); like the
+    # Gaussian chunks it changes peak memory and speed only. 4096 seeds x 192 channels is 3 MB per activation.
+    max_tokens_per_chunk: int = 1 << 12
 
     def __init__(self, form: str = "enhanced", in_channels: int = 64, channels: int = 192, num_heads: int = 6,
                  window_size: int = 12, num_crossattn_blocks: int = 1, num_crossattn_layers: int = 2,
@@ -399,22 +386,22 @@ class GaussianDecoder(nn.Module):
         if any(layer.shift for block in self.window_crossattn_blocks for layer in block.blocks):
             feat_windows[ws // 2] = window_partition(torch.roll(image, (-(ws // 2), -(ws // 2)), (1, 2)), ws)
 
-        # Every window starts from the same learned seeds.
-        x = self.gs_embedding.expand(b * windows, -1, -1)
+        # Every window starts from the same learned seeds. The blocks update x in place.
+        x = self.gs_embedding.expand(b * windows, -1, -1).contiguous()
+        chunks = WindowChunks(b, h, w, ws, self.max_tokens_per_chunk, feat.device)
         for block in self.window_crossattn_blocks:
-            x = block(x, self.pos_embedding, feat_windows, scale_embedding, h, w)
+            block(x, self.pos_embedding, feat_windows, scale_embedding, chunks)
         del feat_windows, image
 
-        residual = x
+        residual = x.clone()
         for block in self.gs_selfattn_blocks:
-            x = block(x, scale_embedding, h, w)
+            block(x, scale_embedding, chunks)
         if self.conv_final is None:  # paper: skip, then to image layout
-            grid = window_reverse(x + residual, ws, h, w).permute(0, 3, 1, 2)
-        else:  # enhanced: to image layout, conv_final, then skip
-            grid = self.conv_final(window_reverse(x, ws, h, w).permute(0, 3, 1, 2))
-            grid = grid + window_reverse(residual, ws, h, w).permute(0, 3, 1, 2)
-        del x, residual
-        return self._gaussians(grid)
+            residual += x
+        else:  # enhanced: conv_final, then skip
+            chunks.conv_add(self.conv_final, x, residual)
+        del x, chunks
+        return self._gaussians(window_reverse(residual, ws, h, w).permute(0, 3, 1, 2))
 
     # -- UPNet and heads, in strips of LR rows ------------------------------------------------------------------
 

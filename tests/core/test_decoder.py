@@ -10,7 +10,7 @@ import torch
 from conftest import golden_folder, load_golden
 from tolerances import DECODER_BATCH_ABS, DECODER_SCALE_ATTN_ABS
 
-from gsasr.archs.decoder import GaussianDecoder, ScaleConditionAttention, WindowAttention, infer_decoder_config
+from gsasr.archs.decoder import GaussianDecoder, ScaleConditionAttention, infer_decoder_config
 from gsasr.archs.encoder_edsr import EDSREncoder
 
 TINY = dict(in_channels=16, channels=24, num_heads=2, window_size=4, num_crossattn_blocks=1,
@@ -85,18 +85,20 @@ def test_batch_with_per_image_scales_equals_single_images(form):
 
 
 @pytest.mark.parametrize("form", FORMS)
-def test_chunking_changes_nothing(form):
-    """Strips of rows through UPNet + heads and chunks of windows through attention give the same numbers."""
+@pytest.mark.parametrize("feat_hw", [(12, 4), (8, 12)])  # one window per window row; three
+def test_chunking_changes_nothing(form, feat_hw):
+    """Strips of rows through UPNet + heads, chunks of (rolled) windows through attention and strips of window rows
+    through the seed-grid convolutions give the same numbers."""
     dec = _tiny(form)
-    feat = torch.randn(2, 16, 12, 4)
+    feat = torch.randn(2, 16, *feat_hw)
     with torch.no_grad():
         whole = dec(feat, torch.tensor([2.0, 3.0]))
-        for module in dec.modules():
-            if isinstance(module, WindowAttention):
-                module.max_logits_per_chunk = 1  # one window at a time
-        for rows in (1, 5):  # one row per strip; several rows with a ragged last strip
-            dec.max_gaussians_per_chunk = rows * 16 * 4 * 2
-            assert torch.equal(dec(feat, torch.tensor([2.0, 3.0])), whole)
+        # one window at a time; two windows (a chunk straddles rolled windows' sources); more than one image holds
+        for windows in (1, 2, 100):
+            dec.max_tokens_per_chunk = windows * 16
+            for rows in (1, 5):  # one row per strip; several rows with a ragged last strip
+                dec.max_gaussians_per_chunk = rows * 16 * 4 * 2
+                assert torch.equal(dec(feat, torch.tensor([2.0, 3.0])), whole)
 
 
 @pytest.mark.parametrize("form", FORMS)
