@@ -405,21 +405,31 @@ class GaussianDecoder(nn.Module):
 
     # -- UPNet and heads, in strips of LR rows ------------------------------------------------------------------
 
-    def _upsample_rows(self, grid: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
-        """UPNet applied to seed rows [r0, r1) only: (B, C, 4 (r1 - r0), 4 w), equal to slicing the full output.
+    def _upsampled_strips(self, grid: torch.Tensor, rows: int):
+        """UPNet on strips of ``rows`` seed rows: yields (r0, r1, (B, C, 4 (r1 - r0), 4 w)), equal to slicing the
+        whole grid's output.
 
-        Each 3x3 conv needs one row of context on either side, at its own resolution; rows outside the grid are
-        the zero padding the full conv would have used.
+        Each 3x3 conv needs one row of context on either side at its own resolution; rows outside the grid are the
+        zero padding of the whole-grid conv. The first conv's output rows are computed once and the two a strip
+        shares with the next are kept, so thin strips (one seed row on wide images) cost no extra convolution.
         """
         conv1, conv2 = self.UPNet[0], self.UPNet[2]
         h = grid.shape[2]
-        a, b = max(r0 - 1, 0), min(r1 + 1, h)  # coarse rows of conv1's output needed by conv2
-        src = grid[:, :, max(a - 1, 0):min(b + 1, h)]
-        src = F.pad(src, (0, 0, int(a == 0), int(b == h)))
-        y = F.pixel_shuffle(F.conv2d(src, conv1.weight, conv1.bias, padding=(0, 1)), _UPSAMPLE)  # fine rows [2a, 2b)
-        lo, hi = max(2 * r0 - 1, 0), min(2 * r1 + 1, 2 * h)  # fine rows conv2 needs
-        y = F.pad(y[:, :, lo - 2 * a:hi - 2 * a], (0, 0, int(r0 == 0), int(r1 == h)))
-        return F.pixel_shuffle(F.conv2d(y, conv2.weight, conv2.bias, padding=(0, 1)), _UPSAMPLE)
+        kept, kept_from = None, 0  # first conv's pixel-shuffled output for coarse rows [kept_from, done)
+        done = 0
+        for r0 in range(0, h, rows):
+            r1 = min(r0 + rows, h)
+            a, b = max(r0 - 1, 0), min(r1 + 1, h)  # coarse rows of the first conv's output the second conv needs
+            y = None if kept is None else kept[:, :, _UPSAMPLE * (a - kept_from):]  # rows [a, done) already done
+            if b > done:
+                src = F.pad(grid[:, :, max(done - 1, 0):min(b + 1, h)], (0, 0, int(done == 0), int(b == h)))
+                new = F.pixel_shuffle(F.conv2d(src, conv1.weight, conv1.bias, padding=(0, 1)), _UPSAMPLE)
+                y = new if y is None else torch.cat([y, new], dim=2)  # fine rows [2a, 2b)
+            kept = y[:, :, -2 * _UPSAMPLE:]  # the next strip starts one row above this one's end
+            kept_from, done = b - kept.shape[2] // _UPSAMPLE, b
+            lo, hi = max(2 * r0 - 1, 0), min(2 * r1 + 1, 2 * h)  # fine rows the second conv needs
+            y = F.pad(y[:, :, lo - 2 * a:hi - 2 * a], (0, 0, int(r0 == 0), int(r1 == h)))
+            yield r0, r1, F.pixel_shuffle(F.conv2d(y, conv2.weight, conv2.bias, padding=(0, 1)), _UPSAMPLE)
 
     def _gaussians(self, grid: torch.Tensor) -> torch.Tensor:
         """Seed grid (B, C, h, w) -> (B, 16 h w, 9), processed in strips of rows to bound peak memory."""
@@ -435,9 +445,8 @@ class GaussianDecoder(nn.Module):
         out = torch.empty(b, gh * gw, _NUM_PARAMS, dtype=out_dtype, device=grid.device)
 
         rows = max(1, self.max_gaussians_per_chunk // (b * GAUSSIANS_PER_SEED * w))
-        for r0 in range(0, h, rows):
-            r1 = min(r0 + rows, h)
-            tokens = self._upsample_rows(grid, r0, r1).permute(0, 2, 3, 1).flatten(1, 2)  # (B, n, C) row-major
+        for r0, r1, upsampled in self._upsampled_strips(grid, rows):
+            tokens = upsampled.permute(0, 2, 3, 1).flatten(1, 2)  # (B, n, C) row-major
             # Raw offsets are in Gaussian-grid cells. Divided in float32 (the official divides by an integer
             # tensor: the same in float32, and more accurate than its bf16 arithmetic under autocast).
             offset = self.mlp_block_mean(tokens).to(out_dtype) / grid_size

@@ -101,6 +101,28 @@ def test_chunking_changes_nothing(form, feat_hw):
                 assert torch.equal(dec(feat, torch.tensor([2.0, 3.0])), whole)
 
 
+@pytest.mark.parametrize("rows", [1, 2, 5])
+def test_upsampling_strips_convolve_each_seed_row_once(rows, monkeypatch):
+    """UPNet's first conv keeps the rows two strips share: over all strips it outputs each seed row exactly once."""
+    dec = _tiny("paper")
+    feat = torch.randn(1, 16, 12, 8)
+    computed = []
+    conv2d = torch.nn.functional.conv2d
+
+    def counting_conv2d(x, weight, *args, **kwargs):
+        out = conv2d(x, weight, *args, **kwargs)
+        if weight is dec.UPNet[0].weight:
+            computed.append(out.shape[2])
+        return out
+
+    with torch.no_grad():
+        whole = dec(feat, 2.0)
+        monkeypatch.setattr(torch.nn.functional, "conv2d", counting_conv2d)
+        dec.max_gaussians_per_chunk = rows * 16 * 8
+        assert torch.equal(dec(feat, 2.0), whole)
+    assert sum(computed) == 12  # each of the 12 seed rows once (one strip ahead, so the last may compute none)
+
+
 @pytest.mark.parametrize("form", FORMS)
 def test_runs_under_cpu_bfloat16_autocast(form):
     dec = _tiny(form)
