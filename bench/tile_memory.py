@@ -4,14 +4,15 @@
 
 Each measurement runs in a fresh process (CPU, float32, random weights of the real EDSR + enhanced decoder
 shapes) and reads the kernel's peak resident set (VmHWM) before and after one forward pass, so it counts every
-allocation, PyTorch's own included. Unchunked = UPNet + heads on all Gaussians at once and attention logits of
-all windows at once, as the official code runs them. ``--self-blocks`` lowers the decoder's depth to save time:
-activations are freed layer by layer, so peak memory depends on the width, not the depth. The per-pixel figure
-is the slope between the two sizes (it removes the fixed per-chunk buffers) and the peak divided by the pixels
-at the largest size. The chunked model is measured at larger sizes (``--chunked-sizes``): its chunk caps (2^16
-Gaussians through the heads, 2^25 attention logits) must be reached at both sizes for the slope to be the
-per-pixel cost of a big image, and below them every chunk is simply the whole image. The unchunked model grows
-linearly from the start, so small sizes measure it (large ones would not fit in memory).
+allocation, PyTorch's own included. Unchunked = every attention layer on all windows at once and UPNet + heads
+on all Gaussians at once, whole-image activations as the official code has them. ``--self-blocks`` lowers the
+decoder's depth to save time: activations are freed layer by layer, so peak memory depends on the width, not the
+depth. The per-pixel figure is the slope between the two sizes (it removes the fixed per-chunk buffers) and the
+peak divided by the pixels at the largest size. The chunked model is measured at larger sizes
+(``--chunked-sizes``): its CPU chunk caps (2^13 Gaussians through the heads, 2^12 seeds through an attention
+layer) must be reached at both sizes for the slope to be the per-pixel cost of a big image, and below them every
+chunk is simply the whole image. The unchunked model grows linearly from the start, so small sizes measure it
+(large ones would not fit in memory).
 """
 from __future__ import annotations
 
@@ -36,15 +37,15 @@ def _child(size: int, chunked: bool, self_blocks: int) -> None:
     sys.path.insert(0, str(REPO))
     import torch
 
-    from gsasr.archs.decoder import GaussianDecoder, WindowAttention
+    from gsasr.archs.decoder import GaussianDecoder
     from gsasr.archs.encoder_edsr import EDSREncoder
 
     torch.manual_seed(0)
     torch.set_grad_enabled(False)
     enc, dec = EDSREncoder().eval(), GaussianDecoder(num_selfattn_blocks=self_blocks).eval()
     if not chunked:
-        dec.max_gaussians_per_chunk = 1 << 40
-        WindowAttention.max_logits_per_chunk = 1 << 40
+        dec.max_gaussians_per_chunk = 1 << 40  # one chunk: whole-image activations, as in the official model
+        dec.max_tokens_per_chunk = 1 << 40
     x = torch.rand(1, 3, size, size)
     before = _hwm_bytes()
     with torch.inference_mode():

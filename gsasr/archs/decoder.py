@@ -308,17 +308,24 @@ class GaussianDecoder(nn.Module):
     (also under autocast, like the official final concatenation; float64 for a float64 model).
 
     ``max_gaussians_per_chunk`` bounds how many Gaussians (over the whole batch) go through UPNet and the heads
-    at once; it changes peak memory only, never the result.
+    at once, ``max_tokens_per_chunk`` how many seeds go through an attention layer at once (whole windows, see
+    WindowChunks); both change peak memory and speed only, never the result. ``None`` picks by device.
     """
 
-    # 2^13 Gaussians: a chunk's largest activation (Gaussians x 4C floats) stays near 25 MB, which the C allocator
-    # reuses from its heap; 2^16 (200 MB blocks) went to fresh mmap pages every chunk, and page faults cost ~15 %
-    # of the decoder's CPU time. Matrix products of 8192 rows still run at full speed.
-    max_gaussians_per_chunk: int = 1 << 13
+    max_gaussians_per_chunk: int | None = None
+    max_tokens_per_chunk: int | None = None
 
-    # Attention layers run on chunks of whole windows of about this many seeds (see WindowChunks); like the
-    # Gaussian chunks it changes peak memory and speed only. 4096 seeds x 192 channels is 3 MB per activation.
-    max_tokens_per_chunk: int = 1 << 12
+    # CPU: 2^13 Gaussians keep a chunk's largest activation (Gaussians x 4C floats) near 25 MB, which the C
+    # allocator reuses from its heap; 2^16 (200 MB blocks) went to fresh mmap pages every chunk, and page faults
+    # cost ~15 % of the decoder's time. Attention chunks of 4096 seeds are 3 MB per activation. Matrix products of
+    # these sizes still run at full speed. GPUs: every chunk costs kernel launches, and the caching allocator
+    # makes big blocks free to reuse, so chunks are 16-32x larger (about 100-200 MB per activation).
+    _CHUNKS_CPU = (1 << 13, 1 << 12)  # (Gaussians, seeds)
+    _CHUNKS_ACCELERATOR = (1 << 17, 1 << 17)
+
+    def _chunk_sizes(self, device: torch.device) -> tuple[int, int]:
+        gaussians, tokens = self._CHUNKS_CPU if device.type == "cpu" else self._CHUNKS_ACCELERATOR
+        return self.max_gaussians_per_chunk or gaussians, self.max_tokens_per_chunk or tokens
 
     def __init__(self, form: str = "enhanced", in_channels: int = 64, channels: int = 192, num_heads: int = 6,
                  window_size: int = 12, num_crossattn_blocks: int = 1, num_crossattn_layers: int = 2,
@@ -388,7 +395,7 @@ class GaussianDecoder(nn.Module):
 
         # Every window starts from the same learned seeds. The blocks update x in place.
         x = self.gs_embedding.expand(b * windows, -1, -1).contiguous()
-        chunks = WindowChunks(b, h, w, ws, self.max_tokens_per_chunk, feat.device)
+        chunks = WindowChunks(b, h, w, ws, self._chunk_sizes(feat.device)[1], feat.device)
         for block in self.window_crossattn_blocks:
             block(x, self.pos_embedding, feat_windows, scale_embedding, chunks)
         del feat_windows, image
@@ -444,7 +451,7 @@ class GaussianDecoder(nn.Module):
         grid_size = torch.tensor([gw, gh], dtype=out_dtype, device=grid.device)
         out = torch.empty(b, gh * gw, _NUM_PARAMS, dtype=out_dtype, device=grid.device)
 
-        rows = max(1, self.max_gaussians_per_chunk // (b * GAUSSIANS_PER_SEED * w))
+        rows = max(1, self._chunk_sizes(grid.device)[0] // (b * GAUSSIANS_PER_SEED * w))
         for r0, r1, upsampled in self._upsampled_strips(grid, rows):
             tokens = upsampled.permute(0, 2, 3, 1).flatten(1, 2)  # (B, n, C) row-major
             # Raw offsets are in Gaussian-grid cells. Divided in float32 (the official divides by an integer

@@ -101,6 +101,18 @@ def test_chunking_changes_nothing(form, feat_hw):
                 assert torch.equal(dec(feat, torch.tensor([2.0, 3.0])), whole)
 
 
+def test_chunk_sizes_depend_on_the_device_unless_set():
+    """Small chunks on a CPU (activations stay in cache and in the heap), large ones on accelerators (fewer kernel
+    launches); an explicit setting wins everywhere."""
+    dec = _tiny("enhanced")
+    cpu_gaussians, cpu_tokens = dec._chunk_sizes(torch.device("cpu"))
+    gpu_gaussians, gpu_tokens = dec._chunk_sizes(torch.device("cuda"))
+    assert (cpu_gaussians, cpu_tokens) == (1 << 13, 1 << 12)
+    assert gpu_gaussians >= 16 * cpu_gaussians and gpu_tokens >= 16 * cpu_tokens
+    dec.max_gaussians_per_chunk, dec.max_tokens_per_chunk = 100, 7
+    assert dec._chunk_sizes(torch.device("cpu")) == dec._chunk_sizes(torch.device("mps")) == (100, 7)
+
+
 @pytest.mark.parametrize("rows", [1, 2, 5])
 def test_upsampling_strips_convolve_each_seed_row_once(rows, monkeypatch):
     """UPNet's first conv keeps the rows two strips share: over all strips it outputs each seed row exactly once."""
