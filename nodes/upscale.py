@@ -20,7 +20,8 @@ COMMON_INPUTS = {
     "amp": (AMP_CHOICES, {
         "default": "auto",
         "tooltip": "Reduced precision for the networks: auto = bf16 on recent NVIDIA GPUs, fp16 on older ones and "
-                   "Apple, off on CPU. Faster and lighter on GPUs; off gives the exact official result."}),
+                   "Apple, off on CPU. Faster and lighter on GPUs; off gives the exact official result. On a CPU "
+                   "keep auto or off: fp16 there is many times slower."}),
 }
 
 

@@ -138,3 +138,13 @@ def test_amp_modes(model):
         assert out.shape == full.shape and torch.isfinite(out).all()
     with pytest.raises(InvalidInputError, match="amp"):
         model.upscale(image, 2, amp="fp8")
+
+
+def test_fp16_on_a_cpu_warns_that_it_is_slow(caplog):
+    from gsasr.model import resolve_amp
+
+    with caplog.at_level("WARNING", logger="gsasr"):
+        assert resolve_amp("fp16", torch.device("cpu")) == torch.float16
+        assert resolve_amp("auto", torch.device("cpu")) is None
+        assert resolve_amp("bf16", torch.device("cpu")) == torch.bfloat16
+    assert len(caplog.records) == 1 and "much slower than amp=off" in caplog.records[0].getMessage()
