@@ -13,6 +13,10 @@ chunk, with the same numbers as rolling the whole grid twice.
 The enhanced form's 3x3 convolutions on the seed grid run on strips of window rows with a one-row halo, adding into
 the token stream, so no block allocates a whole-image tensor: beyond the stream itself the decoder's blocks use
 one reusable scratch stream and chunk-sized temporaries.
+
+In-place updates (``x += term``) give what ``x = x + term`` gave: the stream is float32 (LayerNorm keeps float32
+under autocast) or the model's own dtype, and every term has that dtype or autocast's lower one, so the sum never
+needed promoting beyond the stream's dtype.
 """
 from __future__ import annotations
 
