@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
-
-from typing import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -244,7 +242,8 @@ class _ResidualLayerStack(nn.Module):
         self.blocks = nn.ModuleList(layers)
         self.conv = nn.Conv2d(dim, dim, 3, 1, 1) if form == "enhanced" else None
 
-    def _run(self, x: torch.Tensor, chunks: WindowChunks, layer_step: Callable[[nn.Module, torch.Tensor], None]) -> None:
+    def _run(self, x: torch.Tensor, chunks: WindowChunks,
+             layer_step: Callable[[nn.Module, torch.Tensor], None]) -> None:
         y = chunks.map(self.norm, x, out=chunks.scratch(x))
         for layer in self.blocks:
             layer_step(layer, y)  # in place, chunk by chunk

@@ -20,7 +20,7 @@ needed promoting beyond the stream's dtype.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

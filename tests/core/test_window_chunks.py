@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from gsasr.archs.blocks import window_partition, window_reverse
 from gsasr.archs.window_chunks import WindowChunks
