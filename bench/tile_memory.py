@@ -64,6 +64,10 @@ def main() -> None:
     if args.child:
         _child(int(args.child[0]), args.child[1] == "1", int(args.child[2]))
         return
+    import torch
+    from _environment import environment_header  # bench/ is on sys.path when a benchmark runs
+
+    print(environment_header(torch.device("cpu"), "none (networks only)"))
     result = {}
     for chunked in (True, False):
         peaks = []
