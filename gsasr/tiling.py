@@ -43,8 +43,9 @@ MIN_TILE_WINDOWS = 2
 
 # Peak activation bytes per LR pixel of one tile (encoder + decoder, float32, tile including its context), by
 # encoder kind; reduced precision (amp) needs less, and we do not count on it. EDSR is measured with
-# bench/tile_memory.py (EDSR + enhanced decoder, CPU peak RSS: 15.8 KiB per LR pixel at the margin, 34 KiB/px at
-# 144x144 with the fixed per-chunk buffers), so 32 KiB is ~2x the margin. The others are estimates, not
+# bench/tile_memory.py (EDSR + enhanced decoder, CPU peak RSS: 3.4 KiB per LR pixel at the margin, 4.6 KiB/px at
+# 324x324 with the fixed per-chunk buffers, since the decoder runs its attention blocks in chunks). 32 KiB is kept
+# (~7x) until the accelerators' chunks, 16-32x larger, are measured on a GPU. The others are estimates, not
 # measurements: the same decoder plus a wider encoder (RDN keeps 16 block outputs for its fusion, SwinIR and HAT
 # run attention and 2x MLPs at 180-192 channels, HAT's overlapping 24x24 windows 2.25x the keys), rounded up.
 BYTES_PER_LR_PIXEL: dict[str, int] = {
