@@ -155,16 +155,20 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "bf16":
         return torch.bfloat16
     if amp == "fp16":
-        if device.type == "cpu":
-            # Measured: RDN_DIV2K on a 23x31 image, 31 s in fp16 against 1.3 s in float32 (2 cores).
-            logger.warning("GSASR: amp=fp16 on a CPU is much slower than amp=off (PyTorch has no fast float16 "
-                           "convolution for CPUs); use amp=off or auto.")
         return torch.float16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "mps":
         return torch.float16
     return None
+
+
+def _warn_if_slow_amp(amp: str, device: torch.device) -> None:
+    """One log line per call of the public API (not per tile) when the amp mode is a trap on this device."""
+    if amp == "fp16" and device.type == "cpu":
+        # Measured: RDN_DIV2K on a 23x31 image, 31 s in fp16 against 1.3 s in float32 (2 cores).
+        logger.warning("GSASR: amp=fp16 on a CPU is much slower than amp=off (PyTorch has no fast float16 "
+                       "convolution for CPUs); use amp=off or auto.")
 
 
 class GSASRModel(nn.Module):
@@ -206,6 +210,8 @@ class GSASRModel(nn.Module):
         The networks compute in the model's parameter dtype: float32 normally, float64 after ``model.double()``
         (a slow reference mode that removes float32 rounding from comparisons with the official model).
         """
+        resolve_amp(amp, self.device)  # a bad mode fails before the warning
+        _warn_if_slow_amp(amp, self.device)
         return self._networks(self._pad(image), scale, amp)
 
     def _pad(self, image: torch.Tensor) -> torch.Tensor:
@@ -251,6 +257,8 @@ class GSASRModel(nn.Module):
         strips. Raising from it (e.g. a host application's Cancel) stops the upscale within a fraction of a tile.
         """
         _check_image(image)
+        resolve_amp(amp, self.device)  # a bad mode fails before any work
+        _warn_if_slow_amp(amp, self.device)
         b, c, h, w = image.shape
         geometry = output_geometry((h, w), scale, size)
         rgb = image[:, :3] if c >= 3 else image.expand(b, 3, h, w)
