@@ -131,18 +131,28 @@ class WindowAttention(nn.Module):
         """(N, T, C) -> (N, heads, T, head_dim)."""
         return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
 
-    def forward(self, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """query (N, Tq, C), context (N, Tk, C) -> (N, Tq, C); N = batch * windows."""
+    def position_terms(self) -> torch.Tensor:
+        """What encodes token positions, the same for every window: the (heads, T, T) bias or the RoPE phases.
+        The decoder computes it once per layer and passes it to every chunk of windows."""
+        if self.position == "bias":
+            bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+            return bias.view(self.tokens, self.tokens, self.num_heads).permute(2, 0, 1)
+        return rope_phases(self.rope_freqs, self.rope_t_x, self.rope_t_y)
+
+    def forward(self, query: torch.Tensor, context: torch.Tensor,
+                position: torch.Tensor | None = None) -> torch.Tensor:
+        """query (N, Tq, C), context (N, Tk, C) -> (N, Tq, C); N = batch * windows. ``position``: this module's
+        :meth:`position_terms` (computed here when not given)."""
         q = self._split_heads(self.qhead(query))
         k = self._split_heads(self.khead(context))
         v = self._split_heads(self.vhead(context))
+        if position is None:
+            position = self.position_terms()
         bias = None
         if self.position == "bias":
-            bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-            bias = bias.view(q.shape[2], k.shape[2], self.num_heads).permute(2, 0, 1).to(q.dtype)
+            bias = position.to(q.dtype)
         else:
-            phases = rope_phases(self.rope_freqs, self.rope_t_x, self.rope_t_y)
-            q, k = apply_rope(q, phases), apply_rope(k, phases)
+            q, k = apply_rope(q, position), apply_rope(k, position)
         # Default SDPA scale is head_dim^-0.5, the official scale in both forms. The paper's bias is the only
         # additive term: neither form masks the wrapped-around tokens of shifted windows. The decoder calls this on
         # chunks of a few windows (WindowChunks), which bounds the logits held at once.
@@ -178,11 +188,12 @@ class CrossAttentionLayer(nn.Module):
         # [QUIRK] On shifted layers only the features are rolled (by -ws/2, cyclically), not the queries, and
         # there is no mask: seeds of window (m, n) see the pixels of the window displaced by (+ws/2, +ws/2).
         context = feat_windows[self.shift]
+        position = self.window_cross_attn.position_terms()
 
         def step(x: torch.Tensor, image: int, w0: int, w1: int) -> None:
             x += scale_term[image]
             x += self.mlp_crossattn_scale(self.norm2(x))
-            x += self.window_cross_attn(self.norm3(x) + pos, context[w0:w1])
+            x += self.window_cross_attn(self.norm3(x) + pos, context[w0:w1], position)
             x += self.mlp_crossattn_feature(self.norm4(x))
 
         chunks.update(x, step)
@@ -208,12 +219,13 @@ class SelfAttentionLayer(nn.Module):
     def forward(self, x: torch.Tensor, scale_embedding: torch.Tensor, chunks: WindowChunks) -> None:
         """Updates the seeds x (B * nW, T, C) in place."""
         scale_term = self.gs_cross_attn_scale(scale_embedding)
+        position = self.gs_self_attn.position_terms()
 
         def step(x: torch.Tensor, image: int, w0: int, w1: int) -> None:
             x += scale_term[image]
             x += self.mlp_crossattn(self.norm4(x))
             y = self.norm1(x)
-            x += self.gs_self_attn(y, y)
+            x += self.gs_self_attn(y, y, position)
             x += self.mlp_selfattn(self.norm2(x))
 
         # [QUIRK] Shifted layers roll the whole grid by -ws/2 and back, with no attention mask: tokens that wrapped
