@@ -2,6 +2,7 @@
 
     python bench/bench_pipeline.py --archs EDSR_DIV2K HATL_SA1B --size 256 --scale 4 --repeat 1
     python bench/bench_pipeline.py --archs EDSR_DIV2K --size 512 --scale 4 --tile 192
+    python bench/bench_pipeline.py --archs EDSR --size 246x200 --scale 4 --amp auto --repeat 5 --device cuda
 
 Weights follow the golden rule (../shared/golden or tests/golden), so the networks' cost is the real one; the
 render cost depends on the Gaussians' sizes, which untrained weights only approximate. ``--tile N`` runs the
@@ -13,13 +14,18 @@ scaled by the LR pixels actually computed, context included; the networks are co
 attention, linear in the pixels) divided by the float32 matmul rate give the time the networks would take at
 matmul speed; ``x bound`` is the measured encoder + decoder time over that bound. The rate is the best of several
 timed 2048^3 products, measured before and after each architecture, the higher kept: a slow moment of a shared
-machine does not lower the bar.
+machine does not lower the bar. With ``--amp`` the networks run under autocast like ``model.upscale(amp=...)``
+and the rate is measured in the autocast dtype.
+
+On a GPU one untimed run comes first (CUDA context, cuDNN's algorithm search, the rasteriser module's load); the
+table gives the median of ``--repeat`` timed runs.
 
 Prints an environment header, a table and a last line ``RESULT key=value ...``.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import resource
 import statistics
 import sys
@@ -36,7 +42,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import gsasr  # noqa: E402
 from gsasr import tiling  # noqa: E402
-from gsasr.model import output_geometry, pad_to_multiple  # noqa: E402
+from gsasr.model import AMP_MODES, output_geometry, pad_to_multiple, resolve_amp  # noqa: E402
 from gsasr.render import active_backend  # noqa: E402
 
 FLOP_PROBE = 48  # LR side of the crop whose FLOPs are counted (a multiple of every model's window)
@@ -63,9 +69,10 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (kB on Linux)
 
 
-def matmul_gflops(device: torch.device, n: int = 2048, repeat: int = 4, trials: int = 5) -> float:
-    """Measured float32 matmul rate: the practical peak the networks' FLOPs could run at (best of ``trials``)."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_gflops(device: torch.device, n: int = 2048, repeat: int = 4, trials: int = 5,
+                  dtype: torch.dtype = torch.float32) -> float:
+    """Measured matmul rate: the practical peak the networks' FLOPs could run at (best of ``trials``)."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):
         a @ b
     best = min(timed(lambda: [a @ b for _ in range(repeat)], device)[1] for _ in range(trials))
@@ -101,39 +108,51 @@ def computed_lr_pixels(padded_hw: tuple[int, int], tile: int, denominator: int) 
     return sum((t.extent[1] - t.extent[0]) * (t.extent[3] - t.extent[2]) for t in plan)
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """'256' -> (256, 256); '246x200' (width x height, like image sizes) -> (200, 246) as (H, W)."""
+    width, _, height = text.lower().partition("x")
+    return (int(height or width), int(width))
+
+
+def one_run(model, x: torch.Tensor, scale: float, tile: int, canvas: tuple[int, int], out_hw: tuple[int, int],
+            device: torch.device, autocast) -> dict[str, float]:
+    """Seconds of each phase of one upscale of the padded image ``x``."""
+    clock = {"encoder": 0.0, "decoder": 0.0}
+
+    def networks(crop):
+        with autocast:
+            feat, t_enc = timed(lambda: model.encoder(crop), device)
+            gs, t_dec = timed(lambda: model.decoder(feat, scale), device)
+        clock["encoder"] += t_enc
+        clock["decoder"] += t_dec
+        return gs
+
+    if tile:
+        gs, t_all = timed(lambda: tiling.tiled_gaussians(networks, x, tile, model.denominator), device)
+        t_stitch = t_all - clock["encoder"] - clock["decoder"]
+    else:
+        gs, t_stitch = networks(x)[0], 0.0
+    _, t_render = timed(lambda: tiling.render_in_strips(gs, scale, canvas, out_hw, dmax=0.1, backend="auto"), device)
+    return clock | {"stitch": t_stitch, "render": t_render}
+
+
 @torch.inference_mode()
-def run_case(model, size: int, scale: float, repeat: int, device: torch.device, tile: int) -> dict:
+def run_case(model, hw: tuple[int, int], scale: float, repeat: int, device: torch.device, tile: int,
+             amp_dtype: torch.dtype | None) -> dict:
     torch.manual_seed(0)
-    image = torch.rand(1, 3, size, size, device=device)
-    geometry = output_geometry((size, size), scale)
+    image = torch.rand(1, 3, *hw, device=device)
+    geometry = output_geometry(hw, scale)
     x = pad_to_multiple(image, model.denominator)
     canvas = geometry.canvas_hw(tuple(x.shape[-2:]))
     tile = tiling.round_tile(tile, model.denominator) if tile else 0
-    times = {"encoder": [], "decoder": [], "stitch": [], "render": []}
-    for _ in range(repeat):
-        clock = {"encoder": 0.0, "decoder": 0.0}
-
-        def networks(crop):
-            feat, t_enc = timed(lambda: model.encoder(crop), device)
-            gs, t_dec = timed(lambda: model.decoder(feat, scale), device)
-            clock["encoder"] += t_enc
-            clock["decoder"] += t_dec
-            return gs
-
-        if tile:
-            gs, t_all = timed(lambda: tiling.tiled_gaussians(networks, x, tile, model.denominator), device)
-            t_stitch = t_all - clock["encoder"] - clock["decoder"]
-        else:
-            gs, t_stitch = networks(x)[0], 0.0
-        _, t_ren = timed(lambda: tiling.render_in_strips(gs, scale, canvas, geometry.out_hw, dmax=0.1,
-                                                         backend="auto"), device)
-        for key, value in (("encoder", clock["encoder"]), ("decoder", clock["decoder"]), ("stitch", t_stitch),
-                           ("render", t_ren)):
-            times[key].append(value)
-        del gs
-    totals = [sum(t) for t in zip(*times.values())]
+    autocast = (torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None
+                else contextlib.nullcontext())
+    if device.type == "cuda":
+        one_run(model, x, scale, tile, canvas, geometry.out_hw, device, autocast)  # warm-up, not timed
+    runs = [one_run(model, x, scale, tile, canvas, geometry.out_hw, device, autocast) for _ in range(repeat)]
+    totals = [sum(run.values()) for run in runs]
     out_mp = geometry.out_hw[0] * geometry.out_hw[1] / 1e6
-    return {k: statistics.median(v) for k, v in times.items()} | {
+    return {k: statistics.median(run[k] for run in runs) for k in runs[0]} | {
         "total": statistics.median(totals), "mp_s": out_mp / statistics.median(totals),
         "peak_mb": peak_memory_mb(device), "out": geometry.out_hw,
         "lr_pixels_computed": computed_lr_pixels(tuple(x.shape[-2:]), tile, model.denominator)}
@@ -142,38 +161,49 @@ def run_case(model, size: int, scale: float, repeat: int, device: torch.device, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", nargs="+", default=ARCHS, choices=ARCHS)
-    parser.add_argument("--size", type=int, default=256, help="LR side in pixels")
+    parser.add_argument("--size", type=parse_size, default=(256, 256),
+                        help="LR size in pixels: a side (256) or width x height (246x200)")
     parser.add_argument("--scale", type=float, default=4.0)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--tile", type=int, default=0, help="LR tile size (0: whole image)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--chunks", type=lambda t: tuple(int(v) for v in t.split(",")), default=None,
+                        metavar="GAUSSIANS,SEEDS", help="decoder chunk sizes (default: the decoder's choice for "
+                                                         "the device), e.g. 131072,131072")
+    parser.add_argument("--amp", default="off", choices=AMP_MODES,
+                        help="autocast the networks like model.upscale(amp=...); default off (float32)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    amp_dtype = resolve_amp(args.amp, device)
+    rate_dtype = amp_dtype or torch.float32
     from conftest import load_golden
 
     golden = load_golden()
     print(environment_header(device, active_backend(device)))
-    print(f"# matmul rate: float32 2048^3 on {device}, best of before and after each architecture; "
-          f"tile {args.tile or 'none'}")
+    print(f"# matmul rate: {str(rate_dtype).removeprefix('torch.')} 2048^3 on {device}, best of before and after "
+          f"each architecture; amp {args.amp} ({amp_dtype or 'float32'}); tile {args.tile or 'none'}; "
+          f"decoder chunks {args.chunks or 'by device'}")
     print(f"{'arch':<11} {'LR':>9} {'out':>11} {'encoder s':>10} {'decoder s':>10} {'stitch s':>9} {'render s':>9} "
           f"{'total s':>8} {'out MP/s':>9} {'GFLOP':>7} {'GFLOP/s':>8} {'bound s':>8} {'x bound':>8} {'peak MB':>8}"
           f"  (CPU: process peak RSS so far)")
     results = {}
-    rate = matmul_gflops(device)
+    rate = matmul_gflops(device, dtype=rate_dtype)
     for arch in args.archs:
         with tempfile.TemporaryDirectory() as tmp:
             model = gsasr.load_model(golden.write_official_checkpoint(arch, tmp), device=device)
-        r = run_case(model, args.size, args.scale, args.repeat, device, args.tile)
+        if args.chunks:
+            model.decoder.max_gaussians_per_chunk, model.decoder.max_tokens_per_chunk = args.chunks
+        r = run_case(model, args.size, args.scale, args.repeat, device, args.tile, amp_dtype)
         # A shared machine's speed drifts; the faster of the two measurements around the run makes the bound
         # the stricter one.
-        rate_after = matmul_gflops(device)
+        rate_after = matmul_gflops(device, dtype=rate_dtype)
         r["rate"] = max(rate, rate_after)
         rate = rate_after
         r["gflop"] = network_flops_per_lr_pixel(model, args.scale, device) * r["lr_pixels_computed"] / 1e9
         r["bound"] = r["gflop"] / r["rate"]
         r["x_bound"] = (r["encoder"] + r["decoder"]) / r["bound"]
         results[arch] = r
-        lr_size, out_size = f"{args.size}x{args.size}", "{}x{}".format(*r["out"])
+        lr_size, out_size = "{1}x{0}".format(*args.size), "{1}x{0}".format(*r["out"])
         print(f"{arch:<11} {lr_size:>9} {out_size:>11} "
               f"{r['encoder']:>10.2f} {r['decoder']:>10.2f} {r['stitch']:>9.2f} {r['render']:>9.2f} "
               f"{r['total']:>8.2f} {r['mp_s']:>9.3f} {r['gflop']:>7.0f} {r['rate']:>8.1f} {r['bound']:>8.2f} "
@@ -182,7 +212,8 @@ def main() -> None:
         del model
     summary = " ".join(f"{a}_s={r['total']:.2f} {a}_matmul_gflops={r['rate']:.1f} {a}_x_bound={r['x_bound']:.2f}"
                        for a, r in results.items())
-    print(f"RESULT size={args.size} scale={args.scale:g} device={device.type} tile={args.tile} {summary}")
+    print(f"RESULT size={'{1}x{0}'.format(*args.size)} scale={args.scale:g} device={device.type} amp={args.amp} "
+          f"tile={args.tile} {summary}")
 
 
 if __name__ == "__main__":

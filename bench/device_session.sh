@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Every check that needs a CUDA GPU, in as few calls as a lent machine allows: build, parity tests, benchmarks.
+#
+#   bash bench/device_session.sh                    # env + build + tests (one call)
+#   bash bench/device_session.sh build bench        # build (kept if the machine is still warm) + the benchmarks
+#   bash bench/device_session.sh build render       # or any of: env build tests render pipeline memory chunks
+#
+# Written for the device tool's `run` (the command runs in the repository root of a copy of the working tree; the
+# files under $OUT come back), and fine on any CUDA machine. Nothing is installed: the machine's python3 already
+# has torch, numpy, pillow, safetensors, huggingface_hub, ninja and pytest. Each step's whole output goes to
+# $OUT/<step>.log; what is printed is each step's tail and, last, one summary line per step (exit code, seconds,
+# its RESULT line), because the tool returns only the end of the output.
+#
+# The numbers these steps produce are the GPU targets of issues 3 and 5:
+#   render    rasteriser ms per size, cuda kernel against the PyTorch reference; 180x4 is the paper's 720^2
+#             output, 1024x4 (16.8 M Gaussians -> 4096^2) the <= 10 ms target
+#   pipeline  EDSR-enhanced 246x200 x4 end to end with amp=auto (target: >= 20x the official 0.22 FPS, i.e.
+#             <= 227 ms), split into encoder / decoder / render, plus the paper form and HAT-L for scale
+#   memory    1024^2 LR x4 untiled, float32 and amp=auto: peak CUDA memory (target: within 16 GB)
+#   chunks    the decoder's accelerator chunk sizes (gsasr/archs/decoder.py _CHUNKS_ACCELERATOR) swept
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gsasr-device}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+STEP_TIMEOUT=${STEP_TIMEOUT:-420}
+export PYTHONUNBUFFERED=1
+export GSASR_EXPECT_CUDA=1  # tests/render/test_native.py: after install.py the cuda backend must exist
+
+steps=("$@")
+if [ ${#steps[@]} -eq 0 ]; then steps=(env build tests); fi
+expanded=()
+for s in "${steps[@]}"; do
+  case $s in
+    bench) expanded+=(render pipeline memory chunks) ;;
+    env | build | tests | render | pipeline | memory | chunks) expanded+=("$s") ;;
+    *) echo "unknown step '$s' (env build tests render pipeline memory chunks bench)" >&2; exit 2 ;;
+  esac
+done
+summary=()
+
+run_step() {  # run_step NAME COMMAND...: full output to $OUT/NAME.log, its tail here, a line for the summary
+  local name=$1
+  shift
+  local start=$SECONDS
+  echo "=== $name: $*"
+  timeout "$STEP_TIMEOUT" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  tail -n 12 "$OUT/$name.log"
+  summary+=("$name rc=$rc $((SECONDS - start))s $(grep -h '^RESULT' "$OUT/$name.log" | tail -n 1)")
+}
+
+for step in "${expanded[@]}"; do
+  case $step in
+    env)
+      run_step env bash -c "nvidia-smi; nvcc --version | tail -n 2; $PY -c 'import torch; \
+print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, torch.cuda.get_device_name(0), \
+\"bf16\", torch.cuda.is_bf16_supported())'" ;;
+    build)
+      # install.py builds for the local GPU's architecture; the resource report (registers, spills) costs nothing
+      run_step build bash -c "$PY install.py && for o in build/native/*cu*/*.cuda.o; do \
+cuobjdump --dump-resource-usage \"\$o\" | grep -i -E 'function|reg'; done" ;;
+    tests)
+      # the GPU-specific tests; the rest of the suite is device-independent and runs in CI
+      run_step tests "$PY" -m pytest -q -rs -p no:cacheprovider tests/render tests/core/test_cuda.py ;;
+    render)
+      run_step render "$PY" bench/bench_render.py --device cuda --sizes 180x4 256x4 512x4 1024x4 --repeat 20 ;;
+    pipeline)
+      run_step pipeline "$PY" bench/bench_pipeline.py --device cuda --archs EDSR EDSR_DIV2K HATL_SA1B \
+        --size 246x200 --scale 4 --amp auto --repeat 10
+      run_step pipeline_fp32 "$PY" bench/bench_pipeline.py --device cuda --archs EDSR --size 246x200 --scale 4 \
+        --repeat 10 ;;
+    memory)
+      run_step memory_fp32 "$PY" bench/bench_pipeline.py --device cuda --archs EDSR --size 1024 --scale 4 --repeat 2
+      run_step memory_amp "$PY" bench/bench_pipeline.py --device cuda --archs EDSR --size 1024 --scale 4 \
+        --amp auto --repeat 2 ;;
+    chunks)
+      for c in 16384,16384 65536,65536 131072,131072 524288,524288; do
+        run_step "chunks_${c/,/_}" "$PY" bench/bench_pipeline.py --device cuda --archs EDSR --size 512 --scale 4 \
+          --amp auto --repeat 3 --chunks "$c"
+      done ;;
+  esac
+done
+
+echo "=== summary (full logs in $OUT)"
+printf '%s\n' "${summary[@]}"
