@@ -50,16 +50,30 @@ run_step() {  # run_step NAME COMMAND...: full output to $OUT/NAME.log, its tail
   summary+=("$name rc=$rc $((SECONDS - start))s $(grep -h '^RESULT' "$OUT/$name.log" | tail -n 1)")
 }
 
+show_environment() {
+  nvidia-smi
+  nvcc --version | tail -n 2
+  "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda,
+      torch.cuda.get_device_name(0), "bf16", torch.cuda.is_bf16_supported())'
+}
+
+build_native() {
+  # install.py builds for the local GPU's architecture and always exits 0: the backends line says what worked.
+  "$PY" install.py
+  "$PY" -c 'from gsasr.render import available_backends; print("backends:", available_backends())'
+  # The kernels' resource report (registers, spills) costs no GPU time.
+  for o in build/native/*/*.cuda.o; do
+    [ -e "$o" ] && cuobjdump --dump-resource-usage "$o" | grep -i -E "function|reg"
+  done
+  return 0
+}
+export -f show_environment build_native
+export PY
+
 for step in "${expanded[@]}"; do
   case $step in
-    env)
-      run_step env bash -c "nvidia-smi; nvcc --version | tail -n 2; $PY -c 'import torch; \
-print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, torch.cuda.get_device_name(0), \
-\"bf16\", torch.cuda.is_bf16_supported())'" ;;
-    build)
-      # install.py builds for the local GPU's architecture; the resource report (registers, spills) costs nothing
-      run_step build bash -c "$PY install.py && for o in build/native/*cu*/*.cuda.o; do \
-cuobjdump --dump-resource-usage \"\$o\" | grep -i -E 'function|reg'; done" ;;
+    env) run_step env bash -c show_environment ;;
+    build) run_step build bash -c build_native ;;
     tests)
       # the GPU-specific tests; the rest of the suite is device-independent and runs in CI
       run_step tests "$PY" -m pytest -q -rs -p no:cacheprovider tests/render tests/core/test_cuda.py ;;
