@@ -7,11 +7,13 @@ Gaussians are decoder-like: a row-major 4H x 4W grid per LR image, each mean at 
 random offset, random sigmas (std up to 0.83 LR px), rho and colours. Per backend and size: median and p90 ms,
 Gaussian-pixel pairs per second (pairs = the reference's window-test pairs, the same count for every backend, so
 the rates compare work done), peak memory, and the max abs error against the reference. Prints an environment
-header, a fixed-column table, and a last line ``RESULT key=value ...``.
+header, a fixed-column table, and a last line ``RESULT key=value ...``. On CUDA both gather kernels are timed,
+``cuda`` (scan, the default) and ``cuda:compact`` (GSASR_CUDA_GATHER=compact); their outputs must be identical.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import sys
@@ -24,7 +26,7 @@ from _environment import environment_header  # bench/ is on sys.path when a benc
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gsasr.render import available_backends, render_gaussians  # noqa: E402
+from gsasr.render import _native, available_backends, render_gaussians  # noqa: E402
 from gsasr.render.reference import gaussian_terms, support_radius  # noqa: E402
 
 
@@ -77,10 +79,12 @@ def main() -> None:
     status = available_backends()
     native = "cuda" if device.type == "cuda" else "cpu"
     backends = ["torch"] + ([native] if status[native] is None else [])
+    if native == "cuda" and status[native] is None:
+        backends.append("cuda:compact")
     print(environment_header(device, ','.join(backends)))
     if status[native] is not None:
         print(f"# {native} backend unavailable: {status[native]}")
-    print(f"{'backend':<8} {'LR':>5} {'scale':>5} {'output':>11} {'median ms':>10} {'p90 ms':>9} "
+    print(f"{'backend':<12} {'LR':>5} {'scale':>5} {'output':>11} {'median ms':>10} {'p90 ms':>9} "
           f"{'Mpairs/s':>9} {'peak MB':>8} {'max err':>9}")
     result = {}
     for size in args.sizes:
@@ -93,20 +97,24 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             repeat = args.reference_repeat if backend == "torch" else args.repeat
-            if backend != "torch":
-                render_gaussians(raw, scale, canvas, backend=backend)  # warm-up (loads the module)
-            out, times = timed(lambda b=backend: render_gaussians(raw, scale, canvas, backend=b), device, repeat)
+            name, _, gather = backend.partition(":")
+            os.environ[_native.CUDA_GATHER_ENV_VAR] = gather or _native.CUDA_GATHERS[0]
+            if name != "torch":
+                render_gaussians(raw, scale, canvas, backend=name)  # warm-up (loads the module)
+            out, times = timed(lambda b=name, r=raw, s=scale, c=canvas: render_gaussians(r, s, c, backend=b), device,
+                               repeat)
             if backend == "torch":
                 reference = out
             err = float((out - reference).abs().max())
             median = statistics.median(times)
             p90 = sorted(times)[min(len(times) - 1, int(0.9 * len(times)))]
-            print(f"{backend:<8} {lr:>5} {scale:>5g} {f'{canvas[0]}x{canvas[1]}':>11} {median:>10.1f} {p90:>9.1f} "
+            print(f"{backend:<12} {lr:>5} {scale:>5g} {f'{canvas[0]}x{canvas[1]}':>11} {median:>10.1f} {p90:>9.1f} "
                   f"{work / median / 1e3:>9.1f} {peak_mb(device):>8.0f} {err:>9.2e}")
-            result[f"{backend}_{lr}x{scale:g}_ms"] = f"{median:.1f}"
+            key = f"{backend.replace(':', '_')}_{lr}x{scale:g}"
+            result[f"{key}_ms"] = f"{median:.1f}"
             if backend != "torch":
-                result[f"{backend}_{lr}x{scale:g}_err"] = f"{err:.1e}"
-                result[f"{backend}_{lr}x{scale:g}_speedup"] = f"{float(result[f'torch_{lr}x{scale:g}_ms']) / median:.1f}"
+                result[f"{key}_err"] = f"{err:.1e}"
+                result[f"{key}_speedup"] = f"{float(result[f'torch_{lr}x{scale:g}_ms']) / median:.1f}"
     print("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()))
 
 

@@ -25,7 +25,7 @@ torch::Tensor boxes_cuda(const torch::Tensor& params, int64_t canvas_h, int64_t 
                          int64_t h, int64_t w);
 torch::Tensor render_cuda(const torch::Tensor& params, const torch::Tensor& boxes, const torch::Tensor& col_range,
                           const torch::Tensor& row_range, int64_t grid_w, int64_t tile, int64_t canvas_h,
-                          int64_t canvas_w, int64_t y0, int64_t x0, int64_t h, int64_t w);
+                          int64_t canvas_w, int64_t y0, int64_t x0, int64_t h, int64_t w, bool compact);
 #endif
 
 namespace {
@@ -72,9 +72,9 @@ torch::Tensor boxes(const torch::Tensor& params, int64_t canvas_h, int64_t canva
   return boxes_cpu(params, canvas_h, canvas_w, y0, x0, h, w);
 }
 
-torch::Tensor render(const torch::Tensor& params, const torch::Tensor& boxes, const torch::Tensor& col_range,
-                     const torch::Tensor& row_range, int64_t grid_w, int64_t tile, int64_t canvas_h, int64_t canvas_w,
-                     int64_t y0, int64_t x0, int64_t h, int64_t w) {
+void check_render_inputs(const torch::Tensor& params, const torch::Tensor& boxes, const torch::Tensor& col_range,
+                         const torch::Tensor& row_range, int64_t grid_w, int64_t tile, int64_t canvas_h,
+                         int64_t canvas_w, int64_t y0, int64_t x0, int64_t h, int64_t w) {
   check_params(params);
   check_geometry(canvas_h, canvas_w, y0, x0, h, w);
   const int64_t n = params.size(0);
@@ -105,15 +105,37 @@ torch::Tensor render(const torch::Tensor& params, const torch::Tensor& boxes, co
   const auto device = params.device();
   TORCH_CHECK(boxes.device() == device && col_range.device() == device && row_range.device() == device,
               "gsasr native: all inputs must be on ", device);
+}
+
+torch::Tensor render(const torch::Tensor& params, const torch::Tensor& boxes, const torch::Tensor& col_range,
+                     const torch::Tensor& row_range, int64_t grid_w, int64_t tile, int64_t canvas_h, int64_t canvas_w,
+                     int64_t y0, int64_t x0, int64_t h, int64_t w) {
+  check_render_inputs(params, boxes, col_range, row_range, grid_w, tile, canvas_h, canvas_w, y0, x0, h, w);
+  const auto device = params.device();
   if (params.is_cuda()) {
 #ifdef GSASR_WITH_CUDA
-    return render_cuda(params, boxes, col_range, row_range, grid_w, tile, canvas_h, canvas_w, y0, x0, h, w);
+    return render_cuda(params, boxes, col_range, row_range, grid_w, tile, canvas_h, canvas_w, y0, x0, h, w,
+                       /*compact=*/false);
 #else
     TORCH_CHECK(false, "gsasr native: built without CUDA");
 #endif
   }
   TORCH_CHECK(params.is_cpu(), "gsasr native: params must be on the CPU or a CUDA device, got ", device);
   return render_cpu(params, boxes, col_range, row_range, grid_w, tile, canvas_h, canvas_w, y0, x0, h, w);
+}
+
+// CUDA only: the same image as render, bit for bit, visiting only each tile's hits (render_cuda.cu "compact").
+torch::Tensor render_compact(const torch::Tensor& params, const torch::Tensor& boxes, const torch::Tensor& col_range,
+                             const torch::Tensor& row_range, int64_t grid_w, int64_t tile, int64_t canvas_h,
+                             int64_t canvas_w, int64_t y0, int64_t x0, int64_t h, int64_t w) {
+  check_render_inputs(params, boxes, col_range, row_range, grid_w, tile, canvas_h, canvas_w, y0, x0, h, w);
+  TORCH_CHECK(params.is_cuda(), "gsasr native: render_compact is a CUDA kernel, got inputs on ", params.device());
+#ifdef GSASR_WITH_CUDA
+  return render_cuda(params, boxes, col_range, row_range, grid_w, tile, canvas_h, canvas_w, y0, x0, h, w,
+                     /*compact=*/true);
+#else
+  TORCH_CHECK(false, "gsasr native: built without CUDA");
+#endif
 }
 
 // The CPU fast path: boxes, ellipses and tile ranges are computed in C++ from the terms of
@@ -164,6 +186,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("has_cuda", &gsasr::has_cuda, "True when this build contains the CUDA kernels");
   m.def("boxes", &gsasr::boxes, "Per-Gaussian region-local pixel boxes [N, 4] int32 (x0, x1, y0, y1)");
   m.def("render", &gsasr::render, "Gather-render the region: [3, h, w] float32");
+  m.def("render_compact", &gsasr::render_compact,
+        "CUDA: render, each tile walking only the candidates whose box meets it (same result bit for bit)");
   m.def("terms", &gsasr::terms, "CPU: per-Gaussian terms (centre, sigma, conic, colour), as reference.gaussian_terms");
   m.def("render_terms", &gsasr::render_terms,
         "CPU: render the region from the per-Gaussian terms (k-sigma ellipses, tile ranges found here)");

@@ -89,5 +89,5 @@ def build(with_cuda: bool, verbose: bool = False):
     cflags = CXX_FLAGS + (["-DGSASR_WITH_CUDA"] if with_cuda else [])
     return cpp_extension.load(name=NAME, sources=sources(with_cuda), extra_cflags=cflags,
                               extra_cuda_cflags=NVCC_FLAGS if with_cuda else None,
-                              extra_include_paths=[str(SOURCE_DIR)], extra_ldflags=LD_FLAGS, build_directory=str(folder),
-                              with_cuda=with_cuda, verbose=verbose)
+                              extra_include_paths=[str(SOURCE_DIR)], extra_ldflags=LD_FLAGS,
+                              build_directory=str(folder), with_cuda=with_cuda, verbose=verbose)

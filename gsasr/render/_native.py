@@ -14,7 +14,9 @@ imports the already-built module from the build folder of :mod:`gsasr.render._bu
    Gaussians' boxes from the actual boxes, and give each tile the first..last grid column (row) whose union
    meets it. Every Gaussian that reaches a tile lies in that rectangle whatever its offset, so the result is
    exact for any input; the grid layout only decides how few candidates each tile has to test;
-4. ``ext.render``: the gather kernel.
+4. ``ext.render``: the gather kernel. On CUDA, ``GSASR_CUDA_GATHER=compact`` picks ``ext.render_compact``
+   instead: the same result bit for bit, each tile walking only the candidates whose box meets it
+   (cuda/render_cuda.cu); :data:`CUDA_GATHERS` lists the choices, the first being the default.
 
 On the CPU, step 1 is one fused C++ pass (``ext.terms``, bit-identical to the PyTorch ops) and
 :func:`render_cpu` hands the terms to ``ext.render_terms``, which does steps 2-4 in one C++ pass and also cuts each
@@ -31,10 +33,13 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
+from ..errors import InvalidInputError
 from . import _build
 from .reference import GaussianTerms, correlation, gaussian_terms, kernel_steps, scale_pair, support_radius
 
 JIT_ENV_VAR = "GSASR_JIT"
+CUDA_GATHER_ENV_VAR = "GSASR_CUDA_GATHER"
+CUDA_GATHERS = ("scan", "compact")
 
 NATIVE_SIGMA_CUTOFF: float = 6.0
 """k of the compiled kernels' k-sigma support. Any contribution (weight x colour) they drop is below
@@ -173,4 +178,15 @@ def render_with_ranges(ext: ModuleType, gaussians: Tensor, scale: float | tuple[
     tile = TILE["cuda" if gaussians.device.type == "cuda" else "cpu"]
     cols = tile_ranges(lo_x.amin(dim=0), hi_x.amax(dim=0), w, tile)
     rows = tile_ranges(lo_y.amin(dim=1), hi_y.amax(dim=1), h, tile)
-    return ext.render(params, boxes, cols, rows, grid_w, tile, canvas_h, canvas_w, y0, x0, h, w)
+    kernel = ext.render_compact if gaussians.device.type == "cuda" and cuda_gather() == "compact" else ext.render
+    return kernel(params, boxes, cols, rows, grid_w, tile, canvas_h, canvas_w, y0, x0, h, w)
+
+
+def cuda_gather() -> str:
+    """The CUDA gather kernel ``GSASR_CUDA_GATHER`` asks for (read at each render), default the first of
+    :data:`CUDA_GATHERS`."""
+    name = os.environ.get(CUDA_GATHER_ENV_VAR, CUDA_GATHERS[0]).strip().lower() or CUDA_GATHERS[0]
+    if name not in CUDA_GATHERS:
+        raise InvalidInputError(f"{CUDA_GATHER_ENV_VAR}={os.environ[CUDA_GATHER_ENV_VAR]!r} is not one of "
+                                f"{', '.join(CUDA_GATHERS)}; fix or unset it.")
+    return name

@@ -16,7 +16,7 @@ from conftest import golden_render_params, render_golden_case
 from tolerances import NATIVE_GOLDEN_RENDER_ABS, NATIVE_RENDER_ABS
 
 from gsasr import render
-from gsasr.errors import BackendUnavailableError
+from gsasr.errors import BackendUnavailableError, InvalidInputError
 from gsasr.render import _build, _native
 
 
@@ -27,10 +27,13 @@ def _device(backend: str) -> torch.device:
     return torch.device(backend)
 
 
-@pytest.fixture(params=["cpu", "cuda"])
-def backend(request) -> str:
-    _device(request.param)
-    return request.param
+@pytest.fixture(params=["cpu", "cuda", "cuda-compact"])
+def backend(request, monkeypatch) -> str:
+    """A compiled backend; "cuda-compact" is the cuda backend with its compact gather kernel (GSASR_CUDA_GATHER)."""
+    name, _, gather = request.param.partition("-")
+    _device(name)
+    monkeypatch.setenv(_native.CUDA_GATHER_ENV_VAR, gather or _native.CUDA_GATHERS[0])
+    return name
 
 
 def _grid_gaussians(hp: int, wp: int, seed: int, *, offset: float = 1.0, extremes: bool = True) -> torch.Tensor:
@@ -103,6 +106,40 @@ def test_grid_gaussians_match_the_reference(backend, lr, scale, dmax, dtype):
     raw = _grid_gaussians(hp, wp, seed=hp * 31 + wp).to(dtype)
     canvas = (math.floor(scale * hp), math.floor(scale * wp))
     _assert_matches_reference(raw, backend, scale, canvas, dmax=dmax)
+
+
+@pytest.mark.parametrize(("lr", "scale", "dmax", "dtype"), GRID_CASES[:7] + [((40, 36), 4.0, 0.1, torch.float32)])
+def test_the_compact_cuda_gather_gives_the_scan_result_bit_for_bit(monkeypatch, lr, scale, dmax, dtype):
+    """Both kernels visit the same hits in the same order (render_cuda.cu), so their sums are identical."""
+    device = _device("cuda")
+    hp, wp = lr
+    raw = _grid_gaussians(hp, wp, seed=hp * 17 + wp).to(device)
+    canvas = (math.floor(scale * hp), math.floor(scale * wp))
+    images = {}
+    for gather in _native.CUDA_GATHERS:
+        monkeypatch.setenv(_native.CUDA_GATHER_ENV_VAR, gather)
+        images[gather] = render.render_gaussians(raw, scale, canvas, dmax=dmax, backend="cuda")
+    assert torch.equal(images["scan"], images["compact"])
+
+
+def test_the_cuda_gather_choice(monkeypatch):
+    monkeypatch.delenv(_native.CUDA_GATHER_ENV_VAR, raising=False)
+    assert _native.cuda_gather() == "scan"
+    monkeypatch.setenv(_native.CUDA_GATHER_ENV_VAR, " Compact ")
+    assert _native.cuda_gather() == "compact"
+    monkeypatch.setenv(_native.CUDA_GATHER_ENV_VAR, "fast")
+    with pytest.raises(InvalidInputError, match="GSASR_CUDA_GATHER='fast' is not one of scan, compact"):
+        _native.cuda_gather()
+
+
+def test_the_compact_gather_refuses_cpu_inputs():
+    _device("cpu")
+    ext = _native.load()
+    params = torch.zeros(4, 11)
+    boxes = ext.boxes(params, 4, 4, 0, 0, 4, 4)
+    ranges = torch.tensor([[0, 0]])
+    with pytest.raises(RuntimeError, match="render_compact is a CUDA kernel"):
+        ext.render_compact(params, boxes, ranges, ranges, 4, _native.TILE["cuda"], 4, 4, 0, 0, 4, 4)
 
 
 @pytest.mark.parametrize("dmax", [0.004, 0.008, 0.016, 0.03])
