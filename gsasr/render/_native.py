@@ -25,7 +25,6 @@ box to the Gaussian's k-sigma ellipse (cuda/render_cpu.cpp).
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 import sys
 from types import ModuleType
@@ -35,7 +34,7 @@ from torch import Tensor
 
 from ..errors import InvalidInputError
 from . import _build
-from .reference import GaussianTerms, correlation, gaussian_terms, kernel_steps, scale_pair, support_radius
+from .reference import GaussianTerms, correlation, gaussian_terms, grid_width, kernel_steps, support_radius
 
 JIT_ENV_VAR = "GSASR_JIT"
 CUDA_GATHER_ENV_VAR = "GSASR_CUDA_GATHER"
@@ -89,23 +88,6 @@ def load() -> ModuleType:
             raise NativeUnavailable(f"building the native rasteriser ({JIT_ENV_VAR}=1) failed: {exc}") from exc
     raise NativeUnavailable("the native rasteriser is not built; run `python install.py` in the ComfyUI-GSASR "
                             f"folder (or set {JIT_ENV_VAR}=1 to build it on first use)")
-
-
-def grid_width(n: int, canvas_hw: tuple[int, int], scale: float | tuple[float, float]) -> int:
-    """Gaussians per grid row: 4 Wp for the padded LR width Wp that fits the canvas, or n (one row) if none does.
-
-    Only speed depends on this guess (see the module docstring): a wrong one makes tiles test more candidates.
-    """
-    scale_h, scale_w = scale_pair(scale)
-    canvas_h, canvas_w = canvas_hw
-    best, best_cost = n, math.inf
-    lr_w = canvas_w / scale_w
-    for wp in range(max(1, math.floor(lr_w) - 2), math.ceil(lr_w) + 3):
-        if n % (4 * wp) == 0:
-            cost = abs(n // (4 * wp) / 4 * scale_h - canvas_h) + abs(wp * scale_w - canvas_w)
-            if cost < best_cost:
-                best, best_cost = 4 * wp, cost
-    return max(best, 1)
 
 
 def tile_ranges(first: Tensor, last: Tensor, length: int, tile: int) -> Tensor:

@@ -62,6 +62,7 @@ with it to float32 rounding of the sums (about 1e-7 relative), not bit for bit.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -117,6 +118,25 @@ def scale_pair(scale: float | tuple[float, float]) -> tuple[float, float]:
         scale_h, scale_w = scale
         return float(scale_h), float(scale_w)
     return float(scale), float(scale)
+
+
+def grid_width(n: int, canvas_hw: tuple[int, int], scale: float | tuple[float, float]) -> int:
+    """Gaussians per grid row: 4 Wp for the padded LR width Wp that fits the canvas, or n (one row) if none does.
+
+    The decoder emits a row-major grid of 4 Hp x 4 Wp Gaussians. The compiled kernels and the strips of
+    :func:`gsasr.tiling.render_in_strips` use this guess of the layout only to find candidates quickly; both stay
+    exact for any layout (a wrong guess makes them test more candidates).
+    """
+    scale_h, scale_w = scale_pair(scale)
+    canvas_h, canvas_w = canvas_hw
+    best, best_cost = n, math.inf
+    lr_w = canvas_w / scale_w
+    for wp in range(max(1, math.floor(lr_w) - 2), math.ceil(lr_w) + 3):
+        if n % (4 * wp) == 0:
+            cost = abs(n // (4 * wp) / 4 * scale_h - canvas_h) + abs(wp * scale_w - canvas_w)
+            if cost < best_cost:
+                best, best_cost = 4 * wp, cost
+    return max(best, 1)
 
 
 def _float64_device(device: torch.device) -> torch.device:

@@ -101,6 +101,49 @@ def test_strips_equal_one_render(model):
     assert torch.allclose(strips, whole, atol=RENDER_SUM_ORDER_ATOL, rtol=RENDER_SUM_ORDER_RTOL)
 
 
+def _decoder_grid(hp: int, wp: int, seed: int = 0) -> torch.Tensor:
+    """Raw Gaussians in the decoder's row-major 4 hp x 4 wp grid, means jittered by ~0.4 cells (so no strip's
+    reach follows grid rows exactly)."""
+    gen = torch.Generator().manual_seed(seed)
+    gh, gw = 4 * hp, 4 * wp
+    raw = torch.randn(gh * gw, 9, generator=gen)
+    ys, xs = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    raw[:, 7] = (xs.reshape(-1) + 0.5 + 0.4 * torch.randn(gh * gw, generator=gen)) / gw
+    raw[:, 8] = (ys.reshape(-1) + 0.5 + 0.4 * torch.randn(gh * gw, generator=gen)) / gh
+    return raw
+
+
+def test_strips_hand_the_renderer_whole_grid_rows_and_equal_one_render(monkeypatch):
+    """Each strip gets a slice of whole grid rows (the layout the native renderers find candidates with), and the
+    image is bit for bit the single render's."""
+    hp, wp, scale = 24, 20, 3.0
+    raw = _decoder_grid(hp, wp)
+    canvas = (3 * hp, 3 * wp)
+    whole = render_gaussians(raw, scale, canvas)
+    seen = []
+
+    def spy(gaussians, *args, **kwargs):
+        seen.append((gaussians.shape[0], gaussians.data_ptr()))
+        return render_gaussians(gaussians, *args, **kwargs)
+
+    monkeypatch.setattr(tiling, "render_gaussians", spy)
+    strips = tiling.render_in_strips(raw, scale, canvas, canvas, dmax=0.1, backend="auto",
+                                     strip_bytes=3 * 4 * canvas[1] * 7)  # 7 rows per strip
+    assert torch.equal(strips, whole)
+    assert len(seen) == math.ceil(canvas[0] / 7)
+    row_bytes = 4 * wp * raw.stride(0) * raw.element_size()
+    for count, pointer in seen:
+        assert count % (4 * wp) == 0 and 0 < count < raw.shape[0]
+        assert (pointer - raw.data_ptr()) % row_bytes == 0  # a view starting at a grid row
+
+
+def test_a_nan_centre_in_a_strip_is_an_error_not_a_silent_gap():
+    raw = _decoder_grid(12, 10)
+    raw[5 * 40 + 3, 8] = float("nan")  # grid row 5
+    with pytest.raises(InvalidInputError, match="NaN"):
+        tiling.render_in_strips(raw, 3.0, (36, 30), (36, 30), dmax=0.1, backend="auto", strip_bytes=3 * 4 * 30 * 4)
+
+
 def _fail_first_calls(monkeypatch, model, failures: int, message: str = CPU_OOM) -> list:
     """Make the first ``failures`` network runs raise like an allocator failure; returns the crop shapes run."""
     real = model._networks

@@ -17,7 +17,7 @@ from tolerances import NATIVE_GOLDEN_RENDER_ABS, NATIVE_RENDER_ABS
 
 from gsasr import render
 from gsasr.errors import BackendUnavailableError, InvalidInputError
-from gsasr.render import _build, _native
+from gsasr.render import _build, _native, reference
 
 
 def _device(backend: str) -> torch.device:
@@ -268,6 +268,6 @@ def test_the_build_folder_is_keyed_by_versions():
 
 
 def test_grid_width_finds_the_decoder_layout():
-    assert _native.grid_width(16 * 6 * 8, (24, 32), 4.0) == 32
-    assert _native.grid_width(16 * 5 * 7, (18, 25), 3.7) == 28
-    assert _native.grid_width(7, (10, 10), 2.0) == 7  # no layout fits: one row (exact, slower)
+    assert reference.grid_width(16 * 6 * 8, (24, 32), 4.0) == 32
+    assert reference.grid_width(16 * 5 * 7, (18, 25), 3.7) == 28
+    assert reference.grid_width(7, (10, 10), 2.0) == 7  # no layout fits: one row (exact, slower)
