@@ -185,7 +185,7 @@ def main() -> None:
           f"decoder chunks {args.chunks or 'by device'}")
     print(f"{'arch':<11} {'LR':>9} {'out':>11} {'encoder s':>10} {'decoder s':>10} {'stitch s':>9} {'render s':>9} "
           f"{'total s':>8} {'out MP/s':>9} {'GFLOP':>7} {'GFLOP/s':>8} {'bound s':>8} {'x bound':>8} {'peak MB':>8}"
-          f"  (CPU: process peak RSS so far)")
+          f"  (CPU: process peak RSS so far; CUDA: this architecture's peak allocated)")
     results = {}
     rate = matmul_gflops(device, dtype=rate_dtype)
     for arch in args.archs:
@@ -193,6 +193,8 @@ def main() -> None:
             model = gsasr.load_model(golden.write_official_checkpoint(arch, tmp), device=device)
         if args.chunks:
             model.decoder.max_gaussians_per_chunk, model.decoder.max_tokens_per_chunk = args.chunks
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)  # each architecture's own peak (weights included)
         r = run_case(model, args.size, args.scale, args.repeat, device, args.tile, amp_dtype)
         # A shared machine's speed drifts; the faster of the two measurements around the run makes the bound
         # the stricter one.
