@@ -16,7 +16,8 @@
 #             output, 1024x4 (16.8 M Gaussians -> 4096^2) the <= 10 ms target
 #   pipeline  EDSR-enhanced 246x200 x4 end to end with amp=auto (target: >= 20x the official 0.22 FPS, i.e.
 #             <= 227 ms), split into encoder / decoder / render, plus the paper form and HAT-L for scale
-#   memory    1024^2 LR x4 untiled, float32 and amp=auto: peak CUDA memory (target: within 16 GB)
+#   memory    1024^2 LR x4 untiled, float32 and amp=auto: peak CUDA memory (target: within 16 GB); and the
+#             activation bytes per LR pixel that size automatic tiles (bench/tile_memory.py)
 #   chunks    the decoder's accelerator chunk sizes (gsasr/archs/decoder.py _CHUNKS_ACCELERATOR) swept
 set -u
 cd "$(dirname "$0")/.."
@@ -87,7 +88,12 @@ for step in "${expanded[@]}"; do
     memory)
       run_step memory_fp32 "$PY" bench/bench_pipeline.py --device cuda --archs EDSR --size 1024 --scale 4 --repeat 2
       run_step memory_amp "$PY" bench/bench_pipeline.py --device cuda --archs EDSR --size 1024 --scale 4 \
-        --amp auto --repeat 2 ;;
+        --amp auto --repeat 2
+      # bytes per LR pixel on the GPU (the figure behind tiling.BYTES_PER_LR_PIXEL), chunked against unchunked
+      run_step tile_memory_amp "$PY" bench/tile_memory.py --device cuda --amp auto --sizes 192 256 \
+        --chunked-sizes 512 768
+      run_step tile_memory_fp32 "$PY" bench/tile_memory.py --device cuda --amp off --sizes 192 256 \
+        --chunked-sizes 512 768 ;;
     chunks)
       for c in 16384,16384 65536,65536 131072,131072 524288,524288; do
         run_step "chunks_${c/,/_}" "$PY" bench/bench_pipeline.py --device cuda --archs EDSR --size 512 --scale 4 \
