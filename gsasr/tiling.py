@@ -227,22 +227,30 @@ def render_in_strips(gaussians: torch.Tensor, scale: float | tuple[float, float]
         return render_gaussians(gaussians, scale, canvas_hw, dmax=dmax, region=(0, 0, oh, ow), backend=backend)
     scale_h = scale[0] if isinstance(scale, tuple) else scale
     reach = min(dmax * (ch - 1) / 2, SIGMA_CUTOFF * scale_h / STEP_NUMERATOR) + 2  # +2: rounding, pixel centres
-    grid_w = grid_width(gaussians.shape[0], canvas_hw, scale)
-    centre_y = (gaussians[:, 8].float() * ch - 0.5).view(-1, grid_w)  # canvas row of each centre, per grid row
-    lowest, highest = centre_y.amin(dim=1).cpu(), centre_y.amax(dim=1).cpu()
+    centre_y = gaussians[:, 8].float() * ch - 0.5  # canvas row of each centre
+    # The comparisons read "not out of reach" so that a NaN centre is kept: render_gaussians then rejects it with a
+    # clear error instead of a strip silently dropping it.
+    n = gaussians.shape[0]
+    grid_w = grid_width(n, canvas_hw, scale) if n else 1
+    if grid_w == n:  # no grid layout found (one "row" of all n): select Gaussian by Gaussian
+
+        def reaching(lo: float, hi: float) -> torch.Tensor:
+            return gaussians[~((centre_y < lo) | (centre_y > hi))]
+    else:
+        lowest = centre_y.view(-1, grid_w).amin(dim=1).cpu()
+        highest = centre_y.view(-1, grid_w).amax(dim=1).cpu()
+
+        def reaching(lo: float, hi: float) -> torch.Tensor:
+            rows_in_reach = (~((highest < lo) | (lowest > hi))).nonzero()
+            if rows_in_reach.numel() == 0:
+                return gaussians[:0]
+            return gaussians[int(rows_in_reach[0]) * grid_w:(int(rows_in_reach[-1]) + 1) * grid_w]
+
     out = torch.empty(3, oh, ow, dtype=torch.float32, device=gaussians.device)
     for y0 in range(0, oh, rows):
         if before_strip is not None and y0 > 0:
             before_strip()
         h = min(rows, oh - y0)
-        # Written as "not out of reach" so that a grid row with a NaN centre is kept: render_gaussians rejects it
-        # with a clear error instead of the strip silently dropping it.
-        near = ~((highest < y0 - reach) | (lowest > y0 + h - 1 + reach))
-        hits = near.nonzero()
-        if hits.numel() == 0:
-            out[:, y0:y0 + h] = 0.0
-            continue
-        first, last = int(hits[0]), int(hits[-1])
-        out[:, y0:y0 + h] = render_gaussians(gaussians[first * grid_w:(last + 1) * grid_w], scale, canvas_hw,
-                                             dmax=dmax, region=(y0, 0, h, ow), backend=backend)
+        out[:, y0:y0 + h] = render_gaussians(reaching(y0 - reach, y0 + h - 1 + reach), scale, canvas_hw, dmax=dmax,
+                                             region=(y0, 0, h, ow), backend=backend)
     return out

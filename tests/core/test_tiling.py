@@ -137,8 +137,17 @@ def test_strips_hand_the_renderer_whole_grid_rows_and_equal_one_render(monkeypat
         assert (pointer - raw.data_ptr()) % row_bytes == 0  # a view starting at a grid row
 
 
-def test_a_nan_centre_in_a_strip_is_an_error_not_a_silent_gap():
-    raw = _decoder_grid(12, 10)
+def test_strips_of_gaussians_in_no_grid_layout_equal_one_render():
+    """Gaussians no grid width fits (a prime count): each strip selects them one by one."""
+    raw = _decoder_grid(12, 10)[:479]  # 479 is prime: no 4 Wp divides it
+    canvas = (36, 30)
+    strips = tiling.render_in_strips(raw, 3.0, canvas, canvas, dmax=0.1, backend="auto", strip_bytes=3 * 4 * 30 * 4)
+    assert torch.equal(strips, render_gaussians(raw, 3.0, canvas))
+
+
+@pytest.mark.parametrize("count", [480, 479])  # a grid of 4 x 30 rows; no grid layout
+def test_a_nan_centre_in_a_strip_is_an_error_not_a_silent_gap(count):
+    raw = _decoder_grid(12, 10)[:count]
     raw[5 * 40 + 3, 8] = float("nan")  # grid row 5
     with pytest.raises(InvalidInputError, match="NaN"):
         tiling.render_in_strips(raw, 3.0, (36, 30), (36, 30), dmax=0.1, backend="auto", strip_bytes=3 * 4 * 30 * 4)
