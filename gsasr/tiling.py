@@ -237,8 +237,8 @@ def render_in_strips(gaussians: torch.Tensor, scale: float | tuple[float, float]
         def reaching(lo: float, hi: float) -> torch.Tensor:
             return gaussians[~((centre_y < lo) | (centre_y > hi))]
     else:
-        lowest = centre_y.view(-1, grid_w).amin(dim=1).cpu()
-        highest = centre_y.view(-1, grid_w).amax(dim=1).cpu()
+        per_row = centre_y.view(-1, grid_w)
+        lowest, highest = per_row.amin(dim=1).cpu(), per_row.amax(dim=1).cpu()
 
         def reaching(lo: float, hi: float) -> torch.Tensor:
             rows_in_reach = (~((highest < lo) | (lowest > hi))).nonzero()

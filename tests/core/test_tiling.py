@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from gaussian_grids import grid_gaussians
 from test_images import psnr, structured_image
 from tolerances import RENDER_SUM_ORDER_ATOL, RENDER_SUM_ORDER_RTOL, TILED_VS_WHOLE_MIN_PSNR_DB
 
@@ -101,23 +102,11 @@ def test_strips_equal_one_render(model):
     assert torch.allclose(strips, whole, atol=RENDER_SUM_ORDER_ATOL, rtol=RENDER_SUM_ORDER_RTOL)
 
 
-def _decoder_grid(hp: int, wp: int, seed: int = 0) -> torch.Tensor:
-    """Raw Gaussians in the decoder's row-major 4 hp x 4 wp grid, means jittered by ~0.4 cells (so no strip's
-    reach follows grid rows exactly)."""
-    gen = torch.Generator().manual_seed(seed)
-    gh, gw = 4 * hp, 4 * wp
-    raw = torch.randn(gh * gw, 9, generator=gen)
-    ys, xs = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
-    raw[:, 7] = (xs.reshape(-1) + 0.5 + 0.4 * torch.randn(gh * gw, generator=gen)) / gw
-    raw[:, 8] = (ys.reshape(-1) + 0.5 + 0.4 * torch.randn(gh * gw, generator=gen)) / gh
-    return raw
-
-
 def test_strips_hand_the_renderer_whole_grid_rows_and_equal_one_render(monkeypatch):
     """Each strip gets a slice of whole grid rows (the layout the native renderers find candidates with), and the
     image is bit for bit the single render's."""
     hp, wp, scale = 24, 20, 3.0
-    raw = _decoder_grid(hp, wp)
+    raw = grid_gaussians(hp, wp, seed=0, offset=0.4, extremes=False)
     canvas = (3 * hp, 3 * wp)
     whole = render_gaussians(raw, scale, canvas)
     seen = []
@@ -139,15 +128,15 @@ def test_strips_hand_the_renderer_whole_grid_rows_and_equal_one_render(monkeypat
 
 def test_strips_of_gaussians_in_no_grid_layout_equal_one_render():
     """Gaussians no grid width fits (a prime count): each strip selects them one by one."""
-    raw = _decoder_grid(12, 10)[:479]  # 479 is prime: no 4 Wp divides it
+    raw = grid_gaussians(12, 10, seed=0, offset=0.4, extremes=False)[:479]  # 479 is prime: no 4 Wp divides it
     canvas = (36, 30)
     strips = tiling.render_in_strips(raw, 3.0, canvas, canvas, dmax=0.1, backend="auto", strip_bytes=3 * 4 * 30 * 4)
     assert torch.equal(strips, render_gaussians(raw, 3.0, canvas))
 
 
-@pytest.mark.parametrize("count", [480, 479])  # a grid of 4 x 30 rows; no grid layout
+@pytest.mark.parametrize("count", [480, 479])  # 12 grid rows of 40; no grid layout (479 is prime)
 def test_a_nan_centre_in_a_strip_is_an_error_not_a_silent_gap(count):
-    raw = _decoder_grid(12, 10)[:count]
+    raw = grid_gaussians(12, 10, seed=0, offset=0.4, extremes=False)[:count]
     raw[5 * 40 + 3, 8] = float("nan")  # grid row 5
     with pytest.raises(InvalidInputError, match="NaN"):
         tiling.render_in_strips(raw, 3.0, (36, 30), (36, 30), dmax=0.1, backend="auto", strip_bytes=3 * 4 * 30 * 4)

@@ -13,6 +13,7 @@ import sys
 import pytest
 import torch
 from conftest import golden_render_params, render_golden_case
+from gaussian_grids import grid_gaussians
 from tolerances import NATIVE_GOLDEN_RENDER_ABS, NATIVE_RENDER_ABS
 
 from gsasr import render
@@ -34,25 +35,6 @@ def backend(request, monkeypatch) -> str:
     _device(name)
     monkeypatch.setenv(_native.CUDA_GATHER_ENV_VAR, gather or _native.CUDA_GATHERS[0])
     return name
-
-
-def _grid_gaussians(hp: int, wp: int, seed: int, *, offset: float = 1.0, extremes: bool = True) -> torch.Tensor:
-    """[16 hp wp, 9] raw parameters laid out like the decoder's: a row-major 4hp x 4wp grid, each mean at its
-    cell centre plus a random offset (``offset`` cells std), with rho near +-1, tiny and wide sigmas."""
-    gen = torch.Generator().manual_seed(seed)
-    gh, gw = 4 * hp, 4 * wp
-    raw = torch.randn(gh * gw, 9, generator=gen)
-    ys, xs = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
-    raw[:, 7] = ((xs.reshape(-1) + 0.5) + offset * torch.randn(gh * gw, generator=gen)) / gw
-    raw[:, 8] = ((ys.reshape(-1) + 0.5) + offset * torch.randn(gh * gw, generator=gen)) / gh
-    if extremes and raw.shape[0] >= 8:
-        raw[0, 2], raw[1, 2] = 9.0, -9.0  # rho = +-0.999999
-        raw[2, 0:2] = -14.0  # sigma ~ 1e-6
-        raw[3, 0:2] = 12.0  # sigma ~ 1
-        raw[4, 0], raw[4, 1] = -14.0, 12.0  # a line
-        raw[5, 7:9] = torch.tensor([1.4, -0.3])  # centre outside the canvas
-        raw[6, 7:9] = torch.tensor([5.0, -4.0])  # far outside
-    return raw
 
 
 def _random_gaussians(n: int, seed: int) -> torch.Tensor:
@@ -103,17 +85,18 @@ GRID_CASES = [  # (hp, wp), scale, dmax, dtype
 @pytest.mark.parametrize(("lr", "scale", "dmax", "dtype"), GRID_CASES)
 def test_grid_gaussians_match_the_reference(backend, lr, scale, dmax, dtype):
     hp, wp = lr
-    raw = _grid_gaussians(hp, wp, seed=hp * 31 + wp).to(dtype)
+    raw = grid_gaussians(hp, wp, seed=hp * 31 + wp).to(dtype)
     canvas = (math.floor(scale * hp), math.floor(scale * wp))
     _assert_matches_reference(raw, backend, scale, canvas, dmax=dmax)
 
 
-@pytest.mark.parametrize(("lr", "scale", "dmax", "dtype"), GRID_CASES[:7] + [((40, 36), 4.0, 0.1, torch.float32)])
-def test_the_compact_cuda_gather_gives_the_scan_result_bit_for_bit(monkeypatch, lr, scale, dmax, dtype):
+@pytest.mark.parametrize(("lr", "scale", "dmax"), [case[:3] for case in GRID_CASES if case[3] == torch.float32]
+                         + [((40, 36), 4.0, 0.1)])  # 40 x 36: many tiles, many batches of 256 candidates
+def test_the_compact_cuda_gather_gives_the_scan_result_bit_for_bit(monkeypatch, lr, scale, dmax):
     """Both kernels visit the same hits in the same order (render_cuda.cu), so their sums are identical."""
     device = _device("cuda")
     hp, wp = lr
-    raw = _grid_gaussians(hp, wp, seed=hp * 17 + wp).to(device)
+    raw = grid_gaussians(hp, wp, seed=hp * 17 + wp).to(device)
     canvas = (math.floor(scale * hp), math.floor(scale * wp))
     images = {}
     for gather in _native.CUDA_GATHERS:
@@ -146,7 +129,7 @@ def test_the_compact_gather_refuses_cpu_inputs():
 def test_bright_and_dark_gaussians_at_the_window_edge_match_the_reference(backend, dmax):
     """k sigma close to dmax, colours from ~1 (the k-sigma ellipse reaches the window) to dark (it shrinks
     inside it, and the CPU kernel skips the exact window search on that axis) to invisible."""
-    raw = _grid_gaussians(10, 12, seed=int(dmax * 1000), extremes=False)
+    raw = grid_gaussians(10, 12, seed=int(dmax * 1000), extremes=False)
     gen = torch.Generator().manual_seed(7)
     raw[:, 0:2] = torch.rand(raw.shape[0], 2, generator=gen) * 8 - 4
     raw[0::3, 3:7] = 14.0  # colour 1 - 8e-7
@@ -165,18 +148,18 @@ def test_gaussians_without_grid_layout_match_the_reference(backend, canvas, scal
 @pytest.mark.parametrize("region", [(0, 0, 37, 45), (5, 9, 20, 11), (36, 44, 1, 1), (0, 30, 37, 15),
                                     (12, 0, 1, 45), (3, 33, 34, 12)])
 def test_regions_match_the_reference(backend, region):
-    raw = _grid_gaussians(10, 12, seed=5)
+    raw = grid_gaussians(10, 12, seed=5)
     _assert_matches_reference(raw, backend, 3.7, (37, 45), dmax=0.2, region=region)
 
 
 def test_anisotropic_scales_match_the_reference(backend):
-    raw = _grid_gaussians(7, 9, seed=9)
+    raw = grid_gaussians(7, 9, seed=9)
     _assert_matches_reference(raw, backend, (2.5, 4.0), (17, 36))
 
 
 def test_a_large_tight_offset_grid_matches_the_reference(backend):
     # Decoder-like offsets (a fraction of a cell) over many tiles: the path the fast grid gather takes.
-    raw = _grid_gaussians(24, 20, seed=3, offset=0.3)
+    raw = grid_gaussians(24, 20, seed=3, offset=0.3)
     _assert_matches_reference(raw, backend, 4.0, (96, 80))
 
 
@@ -187,9 +170,9 @@ def test_the_generic_entry_point_matches_the_reference(backend, case):
     ext, _ = render._compiled()
     device = _device(backend)
     raw, scale, canvas, dmax, region = {
-        "grid": (_grid_gaussians(9, 11, seed=1), 3.7, (33, 40), 0.1, (0, 0, 33, 40)),
+        "grid": (grid_gaussians(9, 11, seed=1), 3.7, (33, 40), 0.1, (0, 0, 33, 40)),
         "random": (_random_gaussians(80, seed=2), 3.0, (40, 70), 0.3, (0, 0, 40, 70)),
-        "region": (_grid_gaussians(10, 12, seed=5), 3.7, (37, 45), 0.2, (3, 33, 34, 12)),
+        "region": (grid_gaussians(10, 12, seed=5), 3.7, (37, 45), 0.2, (3, 33, 34, 12)),
     }[case]
     expected = render.render_gaussians(raw, scale, canvas, backend="torch", dmax=dmax, region=region)
     out = _native.render_with_ranges(ext, raw.to(device), scale, canvas, dmax, region)
@@ -199,7 +182,7 @@ def test_the_generic_entry_point_matches_the_reference(backend, case):
 def test_wide_and_strongly_correlated_gaussians_match_the_reference(backend):
     # Many Gaussians with |rho| close to 1 and wide sigmas: the k-sigma ellipse of the CPU kernel must keep every
     # pixel whose float32 weight shows, despite the cancellation of the quadratic form.
-    raw = _grid_gaussians(12, 10, seed=11, offset=0.3)
+    raw = grid_gaussians(12, 10, seed=11, offset=0.3)
     gen = torch.Generator().manual_seed(12)
     raw[:, 2] = torch.randn(raw.shape[0], generator=gen) * 4.0  # rho = tanh(...) mostly near +-1
     raw[:, 0:2] = torch.randn(raw.shape[0], 2, generator=gen) + 1.5  # sigma towards 1 (wide)
