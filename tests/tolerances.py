@@ -49,6 +49,14 @@ DECODER_SCALE_ATTN_ABS = 1e-5
 # A batch with one scale per image against each image alone (tiny float32 model, O(1) outputs): only the GEMM
 # blocking changes with the row count (observed 1.5e-7); 1e-5 still catches any mixing between images.
 DECODER_BATCH_ABS = 1e-5
+# Winograd F(2x2, 3x3) convolutions (tests/core/test_winograd.py) against a float64 direct convolution, relative to
+# the output's peak: the transforms only add and subtract (and halve the weights), so the error is the float32
+# products' own, summed over 16 instead of 9 terms per channel (measured <= 5e-7 at 192 channels; the direct float32
+# conv measures ~2e-6 on the same cases). 2e-6 still fails any wrong transform coefficient (errors O(0.1)).
+WINOGRAD_CONV_REL = 2e-6
+# The tiny decoder with Winograd seed-grid convolutions against the direct ones (O(1) outputs): each conv output
+# moves by a few float32 ulps (WINOGRAD_CONV_REL), and ~10 layers after the convs carry that on unamplified.
+DECODER_WINOGRAD_ABS = 1e-5
 # Golden raw Gaussians with encoder + decoder in float32 (tests/core/test_golden_parity.py). The golden vectors
 # are themselves a float32 run whose rounding noise, amplified by the untrained rule weights through 16 encoder
 # and ~40 decoder layers, is ~5e-5 relative (measured against a float64 run); ours is another ~7e-5. The official

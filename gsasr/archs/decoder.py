@@ -34,6 +34,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from .blocks import Mlp, add_rope_parameters, apply_rope, rope_phases, window_partition, window_reverse
+from . import winograd
 from .window_chunks import WindowChunks
 
 FORMS = ("paper", "enhanced")
@@ -424,14 +425,19 @@ class GaussianDecoder(nn.Module):
     # -- UPNet and heads, in strips of LR rows ------------------------------------------------------------------
 
     def _upsampled_strips(self, grid: torch.Tensor, rows: int):
-        """UPNet on strips of ``rows`` seed rows: yields (r0, r1, (B, C, 4 (r1 - r0), 4 w)), equal to slicing the
-        whole grid's output.
+        """UPNet on strips of ``rows`` seed rows: yields (r0, r1, (B, 4 (r1 - r0), 4 w, C)), channels last (the
+        heads' token layout), equal to slicing the whole grid's output.
 
         Each 3x3 conv needs one row of context on either side at its own resolution; rows outside the grid are the
         zero padding of the whole-grid conv. The first conv's output rows are computed once and the two a strip
         shares with the next are kept, so thin strips (one seed row on wide images) cost no extra convolution.
+        The second conv, three quarters of UPNet's work, runs as a Winograd convolution where that applies (float32
+        on a CPU, see winograd.py); its strips start on even rows, so strips still give the whole grid's numbers.
         """
         conv1, conv2 = self.UPNet[0], self.UPNet[2]
+        fast = winograd.applies(grid, conv2.weight)
+        if fast:
+            conv2_fast = winograd.transform_weight(conv2.weight, conv2.bias, _UPSAMPLE)
         h = grid.shape[2]
         kept, kept_from = None, 0  # first conv's pixel-shuffled output for coarse rows [kept_from, done)
         done = 0
@@ -446,8 +452,14 @@ class GaussianDecoder(nn.Module):
             kept = y[:, :, -2 * _UPSAMPLE:]  # the next strip starts one row above this one's end
             kept_from, done = b - kept.shape[2] // _UPSAMPLE, b
             lo, hi = max(2 * r0 - 1, 0), min(2 * r1 + 1, 2 * h)  # fine rows the second conv needs
-            y = F.pad(y[:, :, lo - 2 * a:hi - 2 * a], (0, 0, int(r0 == 0), int(r1 == h)))
-            yield r0, r1, F.pixel_shuffle(F.conv2d(y, conv2.weight, conv2.bias, padding=(0, 1)), _UPSAMPLE)
+            y = y[:, :, lo - 2 * a:hi - 2 * a]
+            pad = (1, 1, int(r0 == 0), int(r1 == h))  # zero columns on both sides, zero rows at the grid's edges
+            if fast:
+                yield r0, r1, winograd.conv3x3(y.permute(0, 2, 3, 1).contiguous(), conv2_fast, pad)
+            else:
+                out = F.conv2d(F.pad(y, (0, 0) + pad[2:]), conv2.weight, conv2.bias, padding=(0, 1))
+                out = F.pixel_shuffle(out, _UPSAMPLE)
+                yield r0, r1, out.permute(0, 2, 3, 1)
 
     def _gaussians(self, grid: torch.Tensor) -> torch.Tensor:
         """Seed grid (B, C, h, w) -> (B, 16 h w, 9), processed in strips of rows to bound peak memory."""
@@ -464,7 +476,7 @@ class GaussianDecoder(nn.Module):
 
         rows = max(1, self._chunk_sizes(grid.device)[0] // (b * GAUSSIANS_PER_SEED * w))
         for r0, r1, upsampled in self._upsampled_strips(grid, rows):
-            tokens = upsampled.permute(0, 2, 3, 1).flatten(1, 2)  # (B, n, C) row-major
+            tokens = upsampled.flatten(1, 2)  # (B, n, C) row-major
             # Raw offsets are in Gaussian-grid cells. Divided in float32 (the official divides by an integer
             # tensor: the same in float32, and more accurate than its bf16 arithmetic under autocast).
             offset = self.mlp_block_mean(tokens).to(out_dtype) / grid_size

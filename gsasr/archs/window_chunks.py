@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import winograd
 from .blocks import window_partition, window_reverse
 
 # (chunk (n, T, C), image index, first window, end window) -> None; updates the chunk in place.
@@ -93,8 +94,13 @@ class WindowChunks:
 
         Computed in strips of window rows. A strip's input is its own rows plus the last seed row of the window row
         above and the first of the one below (zeros at the image edges, the padding of the whole-grid conv).
+        Where it applies the conv is a Winograd convolution (winograd.py); strips then start on even rows (even
+        windows), so any strip height gives the same numbers.
         """
         ws, c = self.window, src.shape[-1]
+        fast = ws % 2 == 0 and winograd.applies(src, conv.weight)
+        if fast:
+            fast_weight = winograd.transform_weight(conv.weight, conv.bias)
         across = self.w // ws  # windows per window row
         window_rows = self.h // ws
         rows_per_strip = max(1, self.windows_per_chunk // across)
@@ -111,7 +117,11 @@ class WindowChunks:
                 r1 = min(r0 + rows_per_strip, window_rows)
                 rows = grid[image, r0:r1].permute(0, 2, 1, 3, 4).reshape((r1 - r0) * ws, self.w, c)
                 strip = torch.cat([seed_row(image, r0 - 1, ws - 1), rows, seed_row(image, r1, 0)])
-                out = F.conv2d(strip.permute(2, 0, 1)[None], conv.weight, conv.bias, padding=(0, 1))
-                out = window_partition(out.permute(0, 2, 3, 1), ws)  # (windows of the strip, T, C)
+                if fast:
+                    out = winograd.conv3x3(strip[None], fast_weight, (1, 1, 0, 0))
+                else:
+                    out = F.conv2d(strip.permute(2, 0, 1)[None], conv.weight, conv.bias, padding=(0, 1))
+                    out = out.permute(0, 2, 3, 1)
+                out = window_partition(out, ws)  # (windows of the strip, T, C)
                 first = (image * window_rows + r0) * across
                 dst[first:first + out.shape[0]] += out

@@ -8,8 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import golden_folder, load_golden
-from tolerances import DECODER_BATCH_ABS, DECODER_SCALE_ATTN_ABS
+from tolerances import DECODER_BATCH_ABS, DECODER_SCALE_ATTN_ABS, DECODER_WINOGRAD_ABS
 
+from gsasr.archs import winograd
 from gsasr.archs.decoder import GaussianDecoder, ScaleConditionAttention, infer_decoder_config
 from gsasr.archs.encoder_edsr import EDSREncoder
 
@@ -84,11 +85,29 @@ def test_batch_with_per_image_scales_equals_single_images(form):
     assert (first - second).abs().max() > 1e-3  # the scale does condition the output
 
 
+@pytest.fixture(params=["direct", "winograd"])
+def conv_kind(request, monkeypatch):
+    """Run a test with the seed-grid convolutions direct, or as Winograd convolutions (winograd.py), which the tiny
+    decoder (24 channels) would otherwise be too narrow for. Yields the list of Winograd calls made."""
+    calls = []
+    if request.param == "winograd":
+        monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
+        conv3x3 = winograd.conv3x3
+
+        def counted(*args, **kwargs):
+            calls.append(args[0].shape)
+            return conv3x3(*args, **kwargs)
+
+        monkeypatch.setattr(winograd, "conv3x3", counted)
+    yield calls
+    assert bool(calls) == (request.param == "winograd")  # the fixture did choose the path
+
+
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("feat_hw", [(12, 4), (8, 12)])  # one window per window row; three
-def test_chunking_changes_nothing(form, feat_hw):
+def test_chunking_changes_nothing(form, feat_hw, conv_kind):
     """Strips of rows through UPNet + heads, chunks of (rolled) windows through attention and strips of window rows
-    through the seed-grid convolutions give the same numbers."""
+    through the seed-grid convolutions give the same numbers, with either kind of convolution."""
     dec = _tiny(form)
     feat = torch.randn(2, 16, *feat_hw)
     with torch.no_grad():
@@ -99,6 +118,35 @@ def test_chunking_changes_nothing(form, feat_hw):
             for rows in (1, 5):  # one row per strip; several rows with a ragged last strip
                 dec.max_gaussians_per_chunk = rows * 16 * 4 * 2
                 assert torch.equal(dec(feat, torch.tensor([2.0, 3.0])), whole)
+
+
+@pytest.mark.parametrize(("window", "grid_convs_fast"), [(4, True), (3, False)])
+def test_seed_grid_convs_use_winograd_only_with_even_windows(window, grid_convs_fast, monkeypatch):
+    """Strips of window rows start on even rows only if the window is even; otherwise Winograd tiles would sit
+    differently per strip height, so those convs stay direct. UPNet's strips always start on even rows."""
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
+    widths = []
+    conv3x3 = winograd.conv3x3
+    monkeypatch.setattr(winograd, "conv3x3", lambda x, *args: widths.append(x.shape[2]) or conv3x3(x, *args))
+    dec = _tiny("enhanced", window_size=window)
+    with torch.no_grad():
+        dec(torch.randn(1, 16, 2 * window, 2 * window), 2.5)
+    seed_grid_width = 2 * window
+    assert 2 * seed_grid_width in widths  # UPNet's second conv, on the 2x grid
+    assert (seed_grid_width in widths) == grid_convs_fast  # the blocks' convs and conv_final
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_winograd_decoder_matches_direct(form, monkeypatch):
+    """The whole decoder with Winograd seed-grid convolutions against the direct ones: float32 rounding only."""
+    dec = _tiny(form)
+    feat = torch.randn(1, 16, 8, 12)
+    with torch.no_grad():
+        direct = dec(feat, 3.0)
+        monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
+        fast = dec(feat, 3.0)
+    assert not torch.equal(fast, direct)  # the other path did run
+    assert (fast - direct).abs().max() <= DECODER_WINOGRAD_ABS
 
 
 def test_chunk_sizes_depend_on_the_device_unless_set():
