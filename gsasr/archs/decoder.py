@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError
-from .blocks import Mlp, add_rope_parameters, apply_rope, rope_phases, window_partition, window_reverse
 from . import winograd
+from .blocks import Mlp, add_rope_parameters, apply_rope, rope_phases, window_partition, window_reverse
 from .window_chunks import WindowChunks
 
 FORMS = ("paper", "enhanced")
