@@ -31,6 +31,15 @@ _G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
 # (measured: 64 -> 64 channels is no faster), so narrow convolutions stay direct.
 MIN_CHANNELS = 128
 
+# Tiles are transformed, multiplied and transformed back in blocks of at most about this many bytes of
+# intermediates (4x the output for F(2x2, 3x3)). The decoder's strips (~40 MB at most) are one block each: on a
+# 2-core Zen 3 the decoder ran as fast or faster with whole strips than with 16-48 MB blocks. Whole images are not:
+# a 128^2 x 180-channel conv in one 70 MB block ran at half the speed of 8-32 MB blocks, below the direct conv.
+BLOCK_BYTES = 64 << 20
+# MKL computes products of fewer than 4 rows with other kernels, which round differently (measured); blocks of at
+# least this many tiles keep the result independent of how an image is cut into blocks and strips.
+MIN_BLOCK_TILES = 4
+
 
 class WinogradWeight(NamedTuple):
     """A conv's weight in the Winograd domain: ``u`` (16, Cin, Cout) and ``bias`` (Cout,), output channels in
@@ -76,7 +85,8 @@ def conv3x3(x: torch.Tensor, weight: WinogradWeight, padding: tuple[int, int, in
     bottom; ``F.pad``'s order) -> (N, s Ho, s Wo, Cout / s^2), Ho = H + top + bottom - 2, Wo likewise,
     s = ``weight.shuffle``.
 
-    Equal to ``F.conv2d`` (then ``F.pixel_shuffle``) up to float32 rounding.
+    Equal to ``F.conv2d`` (then ``F.pixel_shuffle``) up to float32 rounding. Computed in blocks of tiles whose
+    transformed data stay in the CPU's caches (see BLOCK_BYTES); tiles are independent, so blocks change no number.
     """
     n, h, w, cin = x.shape
     left, right, top, bottom = padding
@@ -85,6 +95,30 @@ def conv3x3(x: torch.Tensor, weight: WinogradWeight, padding: tuple[int, int, in
         raise ValueError(f"a 3x3 convolution of {h}x{w} with padding {padding} has no output")
     th, tw = (out_h + 1) // 2, (out_w + 1) // 2  # 2 x 2 output tiles; an odd last row/column is cropped
     x = F.pad(x, (0, 0, left, right + 2 * tw - out_w, top, bottom + 2 * th - out_h))  # (N, 2 th + 2, 2 tw + 2, C)
+    s = weight.shuffle
+    cout = weight.u.shape[2]
+    out = torch.empty(n, th, 2, s, tw, 2, s, cout // (s * s), dtype=x.dtype, device=x.device)
+
+    # Transformed input, products and half-transformed output of one tile: 16 Cin + 16 Cout + 8 Cout numbers.
+    # At least MIN_BLOCK_TILES per block: matrix-product kernels may round differently for fewer rows.
+    tiles = max(MIN_BLOCK_TILES, BLOCK_BYTES // (x.element_size() * n * (16 * cin + 24 * cout)))
+    rows = min(th, max(1, tiles // tw))
+    cols = tw if tiles >= tw else -(-tw // (tw // tiles))  # split a row into blocks of at least `tiles` tiles
+    for r0 in range(0, th, rows):
+        r1 = min(r0 + rows, th)
+        for c0 in range(0, tw, cols):
+            c1 = min(c0 + cols, tw)
+            _tiles(x[:, 2 * r0:2 * r1 + 2, 2 * c0:2 * c1 + 2], weight, out[:, r0:r1, :, :, c0:c1])
+    out = out.view(n, 2 * th * s, 2 * tw * s, -1)
+    if (2 * th, 2 * tw) != (out_h, out_w):
+        out = out[:, :out_h * s, :out_w * s]
+    return out
+
+
+def _tiles(x: torch.Tensor, weight: WinogradWeight, out: torch.Tensor) -> None:
+    """One block of tiles: padded input rows and columns ``x`` (N, 2 th + 2, 2 tw + 2, Cin) -> ``out``
+    (N, th, 2, s, tw, 2, s, C'), a view of the whole output."""
+    n, th, tw, cin = x.shape[0], (x.shape[1] - 2) // 2, (x.shape[2] - 2) // 2, x.shape[3]
 
     # Data transform V = B^T d B on every 4 x 4 tile (tiles overlap by 2): rows, then columns.
     rows = [x[:, k:k + 2 * th:2] for k in range(4)]  # tile row k of every tile row, (N, th, W', Cin)
@@ -97,7 +131,7 @@ def conv3x3(x: torch.Tensor, weight: WinogradWeight, padding: tuple[int, int, in
         torch.sub(cols[2], cols[1], out=v[i, 2])
         torch.sub(cols[1], cols[3], out=v[i, 3])
 
-    # The 16 channel products: one batched matrix product over all tiles.
+    # The 16 channel products: one batched matrix product over the block's tiles.
     cout = weight.u.shape[2]
     m = torch.bmm(v.view(16, -1, cin), weight.u).view(4, 4, n, th, tw, cout)
     del v
@@ -112,16 +146,10 @@ def conv3x3(x: torch.Tensor, weight: WinogradWeight, padding: tuple[int, int, in
     torch.sub(m[1], m[2], out=half[1])
     half[1] -= m[3]
     del m
-    per = cout // (s * s)
-    out = torch.empty(n, th, 2, s, tw, 2, s, per, dtype=x.dtype, device=x.device)
     # (N, th, tw, s, s, C') -> (N, th, s, tw, s, C'): the sub-pixel rows and columns of the shuffle
-    part = half.view(2, 4, n, th, tw, s, s, per).permute(0, 1, 2, 3, 5, 4, 6, 7)
+    part = half.view(2, 4, n, th, tw, s, s, -1).permute(0, 1, 2, 3, 5, 4, 6, 7)
     for a in range(2):
         torch.add(part[a, 0], part[a, 1], out=out[:, :, a, :, :, 0])
         out[:, :, a, :, :, 0] += part[a, 2]
         torch.sub(part[a, 1], part[a, 2], out=out[:, :, a, :, :, 1])
         out[:, :, a, :, :, 1] -= part[a, 3]
-    out = out.view(n, 2 * th * s, 2 * tw * s, per)
-    if (2 * th, 2 * tw) != (out_h, out_w):
-        out = out[:, :out_h * s, :out_w * s]
-    return out

@@ -63,6 +63,22 @@ def test_strips_starting_on_even_rows_give_the_whole_image_bitwise():
     assert torch.equal(torch.cat([top, middle, bottom], dim=1), whole)
 
 
+# rows of 11 tiles: below the minimum block; a row in two blocks (6 + 5); one row; two rows; three rows and a
+# ragged last block of rows
+@pytest.mark.parametrize("block_tiles", [1, 5, 11, 23, 40])
+def test_blocks_of_tiles_change_nothing(block_tiles, monkeypatch):
+    """Big images are computed in blocks of tiles (cache-sized): any block size gives the same numbers."""
+    torch.manual_seed(3)
+    x = torch.randn(1, 9, 22, 128)
+    weight = winograd.transform_weight(torch.randn(256, 128, 3, 3) / 30, torch.randn(256), 2)
+    with torch.no_grad():
+        whole = winograd.conv3x3(x, weight, (1, 1, 1, 1))
+        per_tile = x.element_size() * (16 * 128 + 24 * 256)
+        monkeypatch.setattr(winograd, "BLOCK_BYTES", block_tiles * per_tile)
+        blocked = winograd.conv3x3(x, weight, (1, 1, 1, 1))
+    assert torch.equal(blocked, whole)
+
+
 def test_rejects_what_it_cannot_do():
     weight = torch.randn(12, 4, 3, 3)
     with pytest.raises(ValueError, match="pixel-shuffled by 2"):
