@@ -36,6 +36,7 @@ from ..errors import CheckpointError
 from . import winograd
 from .blocks import Mlp, add_rope_parameters, apply_rope, rope_phases, window_partition, window_reverse
 from .window_chunks import WindowChunks
+from .workspace import Workspace
 
 FORMS = ("paper", "enhanced")
 
@@ -307,6 +308,22 @@ def _gaussian_head(dim: int, out: int) -> nn.Sequential:
                          nn.Linear(4 * dim, out))
 
 
+def _run_head(head: nn.Sequential, tokens: torch.Tensor, workspace: Workspace) -> torch.Tensor:
+    """``head(tokens)`` for a :func:`_gaussian_head`, (B, n, C) -> (B, n, out), its two hidden activations in the
+    ``workspace`` (the largest tensors of the decoder, allocated once per forward instead of once per strip and
+    head). The same operations as the modules; under autocast the modules themselves run (autocast has no
+    ``out=`` forms)."""
+    if torch.is_autocast_enabled(tokens.device.type):
+        return head(tokens)
+    first, wide, last = head[0], head[2], head[4]
+    x = tokens.reshape(-1, tokens.shape[-1])
+    hidden = workspace.take("head_hidden", (x.shape[0], first.out_features), x.dtype)
+    torch.addmm(first.bias, x, first.weight.t(), out=hidden).relu_()
+    activations = workspace.take("head_wide", (x.shape[0], wide.out_features), x.dtype)
+    torch.addmm(wide.bias, hidden, wide.weight.t(), out=activations).relu_()
+    return F.linear(activations, last.weight, last.bias).view(*tokens.shape[:-1], -1)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The decoder
 # ---------------------------------------------------------------------------------------------------------------
@@ -321,7 +338,8 @@ class GaussianDecoder(nn.Module):
 
     ``max_gaussians_per_chunk`` bounds how many Gaussians (over the whole batch) go through UPNet and the heads
     at once, ``max_tokens_per_chunk`` how many seeds go through an attention layer at once (whole windows, see
-    WindowChunks); both change peak memory and speed only, never the result. ``None`` picks by device.
+    WindowChunks); both change peak memory and speed only, not the result (bitwise with even windows; with odd
+    ones matrix-product kernels may round a few rows differently, ~1e-7). ``None`` picks by device.
     """
 
     max_gaussians_per_chunk: int | None = None
@@ -424,7 +442,7 @@ class GaussianDecoder(nn.Module):
 
     # -- UPNet and heads, in strips of LR rows ------------------------------------------------------------------
 
-    def _upsampled_strips(self, grid: torch.Tensor, rows: int):
+    def _upsampled_strips(self, grid: torch.Tensor, rows: int, workspace: Workspace):
         """UPNet on strips of ``rows`` seed rows: yields (r0, r1, (B, 4 (r1 - r0), 4 w, C)), channels last (the
         heads' token layout), equal to slicing the whole grid's output.
 
@@ -433,6 +451,7 @@ class GaussianDecoder(nn.Module):
         shares with the next are kept, so thin strips (one seed row on wide images) cost no extra convolution.
         The second conv, three quarters of UPNet's work, runs as a Winograd convolution where that applies (float32
         on a CPU, see winograd.py); its strips start on even rows, so strips still give the whole grid's numbers.
+        Its output is then a ``workspace`` buffer, overwritten by the next strip.
         """
         conv1, conv2 = self.UPNet[0], self.UPNet[2]
         fast = winograd.applies(grid, conv2.weight)
@@ -455,7 +474,7 @@ class GaussianDecoder(nn.Module):
             y = y[:, :, lo - 2 * a:hi - 2 * a]
             pad = (1, 1, int(r0 == 0), int(r1 == h))  # zero columns on both sides, zero rows at the grid's edges
             if fast:
-                yield r0, r1, winograd.conv3x3(y.permute(0, 2, 3, 1).contiguous(), conv2_fast, pad)
+                yield r0, r1, winograd.conv3x3(y.permute(0, 2, 3, 1).contiguous(), conv2_fast, pad, workspace)
             else:
                 out = F.conv2d(F.pad(y, (0, 0) + pad[2:]), conv2.weight, conv2.bias, padding=(0, 1))
                 out = F.pixel_shuffle(out, _UPSAMPLE)
@@ -475,18 +494,19 @@ class GaussianDecoder(nn.Module):
         out = torch.empty(b, gh * gw, _NUM_PARAMS, dtype=out_dtype, device=grid.device)
 
         rows = max(1, self._chunk_sizes(grid.device)[0] // (b * GAUSSIANS_PER_SEED * w))
-        for r0, r1, upsampled in self._upsampled_strips(grid, rows):
+        workspace = Workspace(grid.device)
+        for r0, r1, upsampled in self._upsampled_strips(grid, rows, workspace):
             tokens = upsampled.flatten(1, 2)  # (B, n, C) row-major
             # Raw offsets are in Gaussian-grid cells. Divided in float32 (the official divides by an integer
             # tensor: the same in float32, and more accurate than its bf16 arithmetic under autocast).
-            offset = self.mlp_block_mean(tokens).to(out_dtype) / grid_size
+            offset = _run_head(self.mlp_block_mean, tokens, workspace).to(out_dtype) / grid_size
             ref_rows = ref_y[patch * r0:patch * r1]
             ref = torch.stack(torch.meshgrid(ref_rows, ref_x, indexing="ij")[::-1], -1).flatten(0, 1)  # (n, [x, y])
             out[:, patch * r0 * gw:patch * r1 * gw] = torch.cat([
-                self.mlp_block_sigma(tokens).to(out_dtype),
-                self.mlp_block_rho(tokens).to(out_dtype),
-                self.mlp_block_alpha(tokens).to(out_dtype),
-                self.mlp_block_rgb(tokens).to(out_dtype),
+                _run_head(self.mlp_block_sigma, tokens, workspace).to(out_dtype),
+                _run_head(self.mlp_block_rho, tokens, workspace).to(out_dtype),
+                _run_head(self.mlp_block_alpha, tokens, workspace).to(out_dtype),
+                _run_head(self.mlp_block_rgb, tokens, workspace).to(out_dtype),
                 (offset + ref).to(out_dtype),  # [QUIRK] no squashing: means may leave [0, 1]
             ], dim=-1)
         return out

@@ -28,6 +28,7 @@ from torch import nn
 
 from . import winograd
 from .blocks import window_partition, window_reverse
+from .workspace import Workspace
 
 # (chunk (n, T, C), image index, first window, end window) -> None; updates the chunk in place.
 ChunkStep = Callable[[torch.Tensor, int, int, int], None]
@@ -45,6 +46,7 @@ class WindowChunks:
         self.device = device
         self._rolled_order: dict[int, torch.Tensor] = {}
         self._scratch: torch.Tensor | None = None
+        self.workspace = Workspace(device)  # the Winograd convolutions' intermediates, reused strip after strip
 
     def rolled_order(self, shift: int) -> torch.Tensor:
         """Flat token indices such that token j of the grid rolled by -shift (in window layout) is token
@@ -118,7 +120,7 @@ class WindowChunks:
                 rows = grid[image, r0:r1].permute(0, 2, 1, 3, 4).reshape((r1 - r0) * ws, self.w, c)
                 strip = torch.cat([seed_row(image, r0 - 1, ws - 1), rows, seed_row(image, r1, 0)])
                 if fast:
-                    out = winograd.conv3x3(strip[None], fast_weight, (1, 1, 0, 0))
+                    out = winograd.conv3x3(strip[None], fast_weight, (1, 1, 0, 0), self.workspace)
                 else:
                     out = F.conv2d(strip.permute(2, 0, 1)[None], conv.weight, conv.bias, padding=(0, 1))
                     out = out.permute(0, 2, 3, 1)

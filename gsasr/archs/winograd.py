@@ -23,6 +23,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .workspace import Workspace
+
 # The filter transform G (4 x 3). The data transform B^T and the output transform A^T are written out as
 # additions where they are applied.
 _G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
@@ -80,14 +82,17 @@ def transform_weight(weight: torch.Tensor, bias: torch.Tensor | None, shuffle: i
                           None if bias is None else bias.to(weight.dtype), shuffle)
 
 
-def conv3x3(x: torch.Tensor, weight: WinogradWeight, padding: tuple[int, int, int, int]) -> torch.Tensor:
+def conv3x3(x: torch.Tensor, weight: WinogradWeight, padding: tuple[int, int, int, int],
+            workspace: Workspace | None = None) -> torch.Tensor:
     """A stride-1 3x3 convolution of channels-last ``x`` (N, H, W, Cin) with zero ``padding`` (left, right, top,
     bottom; ``F.pad``'s order) -> (N, s Ho, s Wo, Cout / s^2), Ho = H + top + bottom - 2, Wo likewise,
     s = ``weight.shuffle``.
 
-    Equal to ``F.conv2d`` (then ``F.pixel_shuffle``) up to float32 rounding. Computed in blocks of tiles whose
-    transformed data stay in the CPU's caches (see BLOCK_BYTES); tiles are independent, so blocks change no number.
+    Equal to ``F.conv2d`` (then ``F.pixel_shuffle``) up to float32 rounding. Computed in blocks of tiles (see
+    BLOCK_BYTES); tiles are independent, so blocks change no number. With a ``workspace`` the intermediates and
+    the output are its buffers ``winograd_*`` (the output stays valid until the next call with that workspace).
     """
+    workspace = workspace or Workspace(x.device)
     n, h, w, cin = x.shape
     left, right, top, bottom = padding
     out_h, out_w = h + top + bottom - 2, w + left + right - 2
@@ -97,7 +102,7 @@ def conv3x3(x: torch.Tensor, weight: WinogradWeight, padding: tuple[int, int, in
     x = F.pad(x, (0, 0, left, right + 2 * tw - out_w, top, bottom + 2 * th - out_h))  # (N, 2 th + 2, 2 tw + 2, C)
     s = weight.shuffle
     cout = weight.u.shape[2]
-    out = torch.empty(n, th, 2, s, tw, 2, s, cout // (s * s), dtype=x.dtype, device=x.device)
+    out = workspace.take("winograd_out", (n, th, 2, s, tw, 2, s, cout // (s * s)), x.dtype)
 
     # Transformed input, products and half-transformed output of one tile: 16 Cin + 16 Cout + 8 Cout numbers.
     # At least MIN_BLOCK_TILES per block: matrix-product kernels may round differently for fewer rows.
@@ -108,14 +113,14 @@ def conv3x3(x: torch.Tensor, weight: WinogradWeight, padding: tuple[int, int, in
         r1 = min(r0 + rows, th)
         for c0 in range(0, tw, cols):
             c1 = min(c0 + cols, tw)
-            _tiles(x[:, 2 * r0:2 * r1 + 2, 2 * c0:2 * c1 + 2], weight, out[:, r0:r1, :, :, c0:c1])
+            _tiles(x[:, 2 * r0:2 * r1 + 2, 2 * c0:2 * c1 + 2], weight, out[:, r0:r1, :, :, c0:c1], workspace)
     out = out.view(n, 2 * th * s, 2 * tw * s, -1)
     if (2 * th, 2 * tw) != (out_h, out_w):
         out = out[:, :out_h * s, :out_w * s]
     return out
 
 
-def _tiles(x: torch.Tensor, weight: WinogradWeight, out: torch.Tensor) -> None:
+def _tiles(x: torch.Tensor, weight: WinogradWeight, out: torch.Tensor, workspace: Workspace) -> None:
     """One block of tiles: padded input rows and columns ``x`` (N, 2 th + 2, 2 tw + 2, Cin) -> ``out``
     (N, th, 2, s, tw, 2, s, C'), a view of the whole output."""
     n, th, tw, cin = x.shape[0], (x.shape[1] - 2) // 2, (x.shape[2] - 2) // 2, x.shape[3]
@@ -123,7 +128,7 @@ def _tiles(x: torch.Tensor, weight: WinogradWeight, out: torch.Tensor) -> None:
     # Data transform V = B^T d B on every 4 x 4 tile (tiles overlap by 2): rows, then columns.
     rows = [x[:, k:k + 2 * th:2] for k in range(4)]  # tile row k of every tile row, (N, th, W', Cin)
     rows = (rows[0] - rows[2], rows[1] + rows[2], rows[2] - rows[1], rows[1] - rows[3])
-    v = torch.empty(4, 4, n, th, tw, cin, dtype=x.dtype, device=x.device)
+    v = workspace.take("winograd_data", (4, 4, n, th, tw, cin), x.dtype)
     for i, r in enumerate(rows):
         cols = [r[:, :, k:k + 2 * tw:2] for k in range(4)]
         torch.sub(cols[0], cols[2], out=v[i, 0])
@@ -133,19 +138,19 @@ def _tiles(x: torch.Tensor, weight: WinogradWeight, out: torch.Tensor) -> None:
 
     # The 16 channel products: one batched matrix product over the block's tiles.
     cout = weight.u.shape[2]
-    m = torch.bmm(v.view(16, -1, cin), weight.u).view(4, 4, n, th, tw, cout)
-    del v
+    m = workspace.take("winograd_products", (16, n * th * tw, cout), x.dtype)
+    torch.bmm(v.view(16, -1, cin), weight.u, out=m)
+    m = m.view(4, 4, n, th, tw, cout)
     if weight.bias is not None:
         m[1, 1] += weight.bias  # A^T has ones in column 1 of both rows: M[1][1] reaches all 4 outputs once
 
     # Output transform Y = A^T M A, A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]: rows, then columns into the output.
     s = weight.shuffle
-    half = torch.empty(2, 4, n, th, tw, cout, dtype=x.dtype, device=x.device)
+    half = workspace.take("winograd_half", (2, 4, n, th, tw, cout), x.dtype)
     torch.add(m[0], m[1], out=half[0])
     half[0] += m[2]
     torch.sub(m[1], m[2], out=half[1])
     half[1] -= m[3]
-    del m
     # (N, th, tw, s, s, C') -> (N, th, s, tw, s, C'): the sub-pixel rows and columns of the shuffle
     part = half.view(2, 4, n, th, tw, s, s, -1).permute(0, 1, 2, 3, 5, 4, 6, 7)
     for a in range(2):

@@ -11,8 +11,15 @@ from conftest import golden_folder, load_golden
 from tolerances import DECODER_BATCH_ABS, DECODER_SCALE_ATTN_ABS, DECODER_WINOGRAD_ABS
 
 from gsasr.archs import winograd
-from gsasr.archs.decoder import GaussianDecoder, ScaleConditionAttention, infer_decoder_config
+from gsasr.archs.decoder import (
+    GaussianDecoder,
+    ScaleConditionAttention,
+    _gaussian_head,
+    _run_head,
+    infer_decoder_config,
+)
 from gsasr.archs.encoder_edsr import EDSREncoder
+from gsasr.archs.workspace import Workspace
 
 TINY = dict(in_channels=16, channels=24, num_heads=2, window_size=4, num_crossattn_blocks=1,
             num_crossattn_layers=2, num_selfattn_blocks=1, num_selfattn_layers=2)
@@ -147,6 +154,28 @@ def test_winograd_decoder_matches_direct(form, monkeypatch):
         fast = dec(feat, 3.0)
     assert not torch.equal(fast, direct)  # the other path did run
     assert (fast - direct).abs().max() <= DECODER_WINOGRAD_ABS
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_heads_in_a_workspace_equal_the_modules(dtype):
+    """The Gaussian heads run with their hidden activations in reused buffers: the same numbers as the modules, for
+    strips of several sizes through one workspace (a buffer grows, then is reused by a smaller strip)."""
+    torch.manual_seed(0)
+    head = _gaussian_head(24, 3).to(dtype)
+    workspace = Workspace("cpu")
+    with torch.no_grad():
+        for tokens in (7, 50, 3):
+            x = torch.randn(2, tokens, 24, dtype=dtype)
+            assert torch.equal(_run_head(head, x, workspace), head(x))
+
+
+def test_heads_under_autocast_run_the_modules():
+    torch.manual_seed(0)
+    head = _gaussian_head(24, 2)
+    x = torch.randn(1, 10, 24)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = _run_head(head, x, Workspace("cpu"))
+        assert out.dtype == torch.bfloat16 and torch.equal(out, head(x))
 
 
 def test_chunk_sizes_depend_on_the_device_unless_set():
