@@ -40,6 +40,9 @@ from .workspace import Workspace
 
 FORMS = ("paper", "enhanced")
 
+# UPNet's first conv runs on batches of seed rows of about this many Winograd tiles (2 x 2 outputs): ~25 MB of
+# intermediates at 768 output channels, few enough batches that per-call overheads do not matter.
+_FIRST_CONV_BATCH_TILES = 512
 GAUSSIANS_PER_SEED = 16  # UPNet: two PixelShuffle(2) steps, so each seed becomes a 4 x 4 patch of Gaussians
 _UPSAMPLE = 2  # factor of each of the two PixelShuffle steps
 _NUM_PARAMS = 9  # [p0, p1, rho, alpha, r, g, b, mean_x, mean_y]
@@ -438,51 +441,74 @@ class GaussianDecoder(nn.Module):
         else:  # enhanced: conv_final, then skip
             chunks.conv_add(self.conv_final, x, residual)
         del x, chunks
-        return self._gaussians(window_reverse(residual, ws, h, w).permute(0, 3, 1, 2))
+        return self._gaussians(window_reverse(residual, ws, h, w))
 
     # -- UPNet and heads, in strips of LR rows ------------------------------------------------------------------
 
+    def _first_conv_batches(self, grid: torch.Tensor, fast: bool):
+        """UPNet's first conv and pixel shuffle on batches of seed rows: yields (c0, c1, (B, 2 (c1 - c0), 2 w, C)),
+        channels last, for consecutive row ranges covering the grid (B, h, w, C).
+
+        The batches depend on the grid alone (about 512 Winograd tiles each, starting on even rows), never on the
+        strip size, so every row is computed the same way whatever the chunking, and each row exactly once.
+        """
+        conv1 = self.UPNet[0]
+        b, h, w, _ = grid.shape
+        rows = 2 * max(1, -(-_FIRST_CONV_BATCH_TILES * 2 // (b * w)))  # even: (rows / 2) * (w / 2) * b tiles
+        if fast:
+            weight = winograd.transform_weight(conv1.weight, conv1.bias, _UPSAMPLE)
+            workspace = Workspace(grid.device)  # intermediates only: a batch's output may outlive the next batch
+        for c0 in range(0, h, rows):
+            c1 = min(c0 + rows, h)
+            src = grid[:, max(c0 - 1, 0):min(c1 + 1, h)]  # one row of context each side, zeros outside the grid
+            pad = (1, 1, int(c0 == 0), int(c1 == h))
+            if fast:
+                yield c0, c1, winograd.conv3x3(src, weight, pad, workspace, output_in_workspace=False)
+            else:
+                out = F.conv2d(F.pad(src.permute(0, 3, 1, 2), (0, 0) + pad[2:]), conv1.weight, conv1.bias,
+                               padding=(0, 1))
+                yield c0, c1, F.pixel_shuffle(out, _UPSAMPLE).permute(0, 2, 3, 1)
+
     def _upsampled_strips(self, grid: torch.Tensor, rows: int, workspace: Workspace):
-        """UPNet on strips of ``rows`` seed rows: yields (r0, r1, (B, 4 (r1 - r0), 4 w, C)), channels last (the
-        heads' token layout), equal to slicing the whole grid's output.
+        """UPNet on strips of ``rows`` seed rows of the grid (B, h, w, C): yields (r0, r1, (B, 4 (r1 - r0), 4 w, C)),
+        channels last (the heads' token layout), equal to slicing the whole grid's output.
 
         Each 3x3 conv needs one row of context on either side at its own resolution; rows outside the grid are the
-        zero padding of the whole-grid conv. The first conv's output rows are computed once and the two a strip
-        shares with the next are kept, so thin strips (one seed row on wide images) cost no extra convolution.
-        The second conv, three quarters of UPNet's work, runs as a Winograd convolution where that applies (float32
-        on a CPU, see winograd.py); its strips start on even rows, so strips still give the whole grid's numbers.
-        Its output is then a ``workspace`` buffer, overwritten by the next strip.
+        zero padding of the whole-grid conv. The first conv runs on its own batches of rows (computed once, kept
+        while strips need them), so thin strips (one seed row on wide images) cost no extra convolution. Both convs
+        run as Winograd convolutions where that applies (float32 on a CPU, see winograd.py); their tiles start on
+        even rows, so strips still give the whole grid's numbers. The second conv's output is then a ``workspace``
+        buffer, overwritten by the next strip.
         """
         conv1, conv2 = self.UPNet[0], self.UPNet[2]
-        fast = winograd.applies(grid, conv2.weight)
-        if fast:
+        fast = winograd.applies(grid, conv1.weight), winograd.applies(grid, conv2.weight)
+        if fast[1]:
             conv2_fast = winograd.transform_weight(conv2.weight, conv2.bias, _UPSAMPLE)
-        h = grid.shape[2]
-        kept, kept_from = None, 0  # first conv's pixel-shuffled output for coarse rows [kept_from, done)
-        done = 0
+        h = grid.shape[1]
+        batches = self._first_conv_batches(grid, fast[0])
+        kept: list[tuple[int, int, torch.Tensor]] = []  # first-conv batches a strip may still need, in order
         for r0 in range(0, h, rows):
             r1 = min(r0 + rows, h)
             a, b = max(r0 - 1, 0), min(r1 + 1, h)  # coarse rows of the first conv's output the second conv needs
-            y = None if kept is None else kept[:, :, _UPSAMPLE * (a - kept_from):]  # rows [a, done) already done
-            if b > done:
-                src = F.pad(grid[:, :, max(done - 1, 0):min(b + 1, h)], (0, 0, int(done == 0), int(b == h)))
-                new = F.pixel_shuffle(F.conv2d(src, conv1.weight, conv1.bias, padding=(0, 1)), _UPSAMPLE)
-                y = new if y is None else torch.cat([y, new], dim=2)  # fine rows [2a, 2b)
-            kept = y[:, :, -2 * _UPSAMPLE:]  # the next strip starts one row above this one's end
-            kept_from, done = b - kept.shape[2] // _UPSAMPLE, b
+            while not kept or kept[-1][1] < b:
+                kept.append(next(batches))
+            while kept[0][1] <= a:
+                kept.pop(0)
+            parts = [out[:, _UPSAMPLE * (max(a, c0) - c0):_UPSAMPLE * (min(b, c1) - c0)] for c0, c1, out in kept]
+            y = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # fine rows [2a, 2b)
             lo, hi = max(2 * r0 - 1, 0), min(2 * r1 + 1, 2 * h)  # fine rows the second conv needs
-            y = y[:, :, lo - 2 * a:hi - 2 * a]
+            y = y[:, lo - 2 * a:hi - 2 * a]
             pad = (1, 1, int(r0 == 0), int(r1 == h))  # zero columns on both sides, zero rows at the grid's edges
-            if fast:
-                yield r0, r1, winograd.conv3x3(y.permute(0, 2, 3, 1).contiguous(), conv2_fast, pad, workspace)
+            if fast[1]:
+                yield r0, r1, winograd.conv3x3(y, conv2_fast, pad, workspace)
             else:
-                out = F.conv2d(F.pad(y, (0, 0) + pad[2:]), conv2.weight, conv2.bias, padding=(0, 1))
-                out = F.pixel_shuffle(out, _UPSAMPLE)
-                yield r0, r1, out.permute(0, 2, 3, 1)
+                out = F.conv2d(F.pad(y.permute(0, 3, 1, 2), (0, 0) + pad[2:]), conv2.weight, conv2.bias,
+                               padding=(0, 1))
+                yield r0, r1, F.pixel_shuffle(out, _UPSAMPLE).permute(0, 2, 3, 1)
 
     def _gaussians(self, grid: torch.Tensor) -> torch.Tensor:
-        """Seed grid (B, C, h, w) -> (B, 16 h w, 9), processed in strips of rows to bound peak memory."""
-        b, _, h, w = grid.shape
+        """Seed grid (B, h, w, C) -> (B, 16 h w, 9), processed in strips of rows to bound peak memory."""
+        b, h, w, _ = grid.shape
         patch = _UPSAMPLE ** 2  # each seed becomes a patch x patch block of Gaussians
         gh, gw = patch * h, patch * w  # the Gaussian grid
         # Reference points: cell centres of the Gaussian grid in [0, 1], made exactly like the official code

@@ -83,14 +83,15 @@ def transform_weight(weight: torch.Tensor, bias: torch.Tensor | None, shuffle: i
 
 
 def conv3x3(x: torch.Tensor, weight: WinogradWeight, padding: tuple[int, int, int, int],
-            workspace: Workspace | None = None) -> torch.Tensor:
+            workspace: Workspace | None = None, output_in_workspace: bool = True) -> torch.Tensor:
     """A stride-1 3x3 convolution of channels-last ``x`` (N, H, W, Cin) with zero ``padding`` (left, right, top,
     bottom; ``F.pad``'s order) -> (N, s Ho, s Wo, Cout / s^2), Ho = H + top + bottom - 2, Wo likewise,
     s = ``weight.shuffle``.
 
     Equal to ``F.conv2d`` (then ``F.pixel_shuffle``) up to float32 rounding. Computed in blocks of tiles (see
-    BLOCK_BYTES); tiles are independent, so blocks change no number. With a ``workspace`` the intermediates and
-    the output are its buffers ``winograd_*`` (the output stays valid until the next call with that workspace).
+    BLOCK_BYTES); tiles are independent, so blocks change no number. With a ``workspace`` the intermediates are
+    its buffers ``winograd_*``, and so is the output unless ``output_in_workspace`` is false (it then stays valid
+    only until the next call with that workspace).
     """
     workspace = workspace or Workspace(x.device)
     n, h, w, cin = x.shape
@@ -102,7 +103,9 @@ def conv3x3(x: torch.Tensor, weight: WinogradWeight, padding: tuple[int, int, in
     x = F.pad(x, (0, 0, left, right + 2 * tw - out_w, top, bottom + 2 * th - out_h))  # (N, 2 th + 2, 2 tw + 2, C)
     s = weight.shuffle
     cout = weight.u.shape[2]
-    out = workspace.take("winograd_out", (n, th, 2, s, tw, 2, s, cout // (s * s)), x.dtype)
+    shape = (n, th, 2, s, tw, 2, s, cout // (s * s))
+    out = (workspace.take("winograd_out", shape, x.dtype) if output_in_workspace
+           else torch.empty(shape, dtype=x.dtype, device=x.device))
 
     # Transformed input, products and half-transformed output of one tile: 16 Cin + 16 Cout + 8 Cout numbers.
     # At least MIN_BLOCK_TILES per block: matrix-product kernels may round differently for fewer rows.

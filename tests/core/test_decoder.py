@@ -130,17 +130,19 @@ def test_chunking_changes_nothing(form, feat_hw, conv_kind):
 @pytest.mark.parametrize(("window", "grid_convs_fast"), [(4, True), (3, False)])
 def test_seed_grid_convs_use_winograd_only_with_even_windows(window, grid_convs_fast, monkeypatch):
     """Strips of window rows start on even rows only if the window is even; otherwise Winograd tiles would sit
-    differently per strip height, so those convs stay direct. UPNet's strips always start on even rows."""
+    differently per strip height, so those convs stay direct. UPNet's convs run on even-aligned rows always."""
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
-    widths = []
-    conv3x3 = winograd.conv3x3
-    monkeypatch.setattr(winograd, "conv3x3", lambda x, *args: widths.append(x.shape[2]) or conv3x3(x, *args))
+    transformed = []
+    transform_weight = winograd.transform_weight
+    monkeypatch.setattr(winograd, "transform_weight",
+                        lambda weight, *args: transformed.append(weight) or transform_weight(weight, *args))
     dec = _tiny("enhanced", window_size=window)
     with torch.no_grad():
         dec(torch.randn(1, 16, 2 * window, 2 * window), 2.5)
-    seed_grid_width = 2 * window
-    assert 2 * seed_grid_width in widths  # UPNet's second conv, on the 2x grid
-    assert (seed_grid_width in widths) == grid_convs_fast  # the blocks' convs and conv_final
+    fast = {id(weight) for weight in transformed}
+    assert id(dec.UPNet[0].weight) in fast and id(dec.UPNet[2].weight) in fast
+    grid_convs = [dec.conv_final.weight] + [block.conv.weight for block in dec.gs_selfattn_blocks]
+    assert all((id(weight) in fast) == grid_convs_fast for weight in grid_convs)
 
 
 @pytest.mark.parametrize("form", FORMS)
