@@ -40,9 +40,10 @@ from .workspace import Workspace
 
 FORMS = ("paper", "enhanced")
 
-# UPNet's first conv runs on batches of seed rows of about this many Winograd tiles (2 x 2 outputs): ~25 MB of
-# intermediates at 768 output channels, few enough batches that per-call overheads do not matter.
-_FIRST_CONV_BATCH_TILES = 512
+# On CPUs UPNet's first conv runs on batches of about this many seeds (512 Winograd tiles of 2 x 2 outputs): ~25 MB
+# of intermediates at 768 output channels, few enough batches that per-call overheads do not matter. Accelerators
+# use the seeds of one UPNet strip (fewer, bigger kernel launches).
+_FIRST_CONV_BATCH_SEEDS_CPU = 2048
 GAUSSIANS_PER_SEED = 16  # UPNet: two PixelShuffle(2) steps, so each seed becomes a 4 x 4 patch of Gaussians
 _UPSAMPLE = 2  # factor of each of the two PixelShuffle steps
 _NUM_PARAMS = 9  # [p0, p1, rho, alpha, r, g, b, mean_x, mean_y]
@@ -449,12 +450,14 @@ class GaussianDecoder(nn.Module):
         """UPNet's first conv and pixel shuffle on batches of seed rows: yields (c0, c1, (B, 2 (c1 - c0), 2 w, C)),
         channels last, for consecutive row ranges covering the grid (B, h, w, C).
 
-        The batches depend on the grid alone (about 512 Winograd tiles each, starting on even rows), never on the
-        strip size, so every row is computed the same way whatever the chunking, and each row exactly once.
+        On a CPU the batches depend on the grid alone (an even number of rows, starting on even rows), never on the
+        strip size, so every row is computed the same way whatever the chunking; each row is computed once.
         """
         conv1 = self.UPNet[0]
         b, h, w, _ = grid.shape
-        rows = 2 * max(1, -(-_FIRST_CONV_BATCH_TILES * 2 // (b * w)))  # even: (rows / 2) * (w / 2) * b tiles
+        seeds = (_FIRST_CONV_BATCH_SEEDS_CPU if grid.device.type == "cpu"
+                 else self._chunk_sizes(grid.device)[0] // GAUSSIANS_PER_SEED)
+        rows = 2 * max(1, -(-seeds // (2 * b * w)))  # even, so Winograd tiles never straddle two batches
         if fast:
             weight = winograd.transform_weight(conv1.weight, conv1.bias, _UPSAMPLE)
             workspace = Workspace(grid.device)  # intermediates only: a batch's output may outlive the next batch

@@ -1,8 +1,8 @@
 """3x3 convolutions by Winograd's minimal filtering F(2x2, 3x3), for the decoder's wide convolutions on CPUs.
 
-Why: on a CPU the decoder's 3x3 convolutions (UPNet's second conv, 192 -> 768 channels on the 2x seed grid, and
-the enhanced form's block convs) run at matmul speed already, so the only way to make them faster is to do fewer
-multiplications. F(2x2, 3x3) computes each 2 x 2 block of outputs from a 4 x 4 input tile with 16 channel products
+Why: on a CPU the decoder's 3x3 convolutions (UPNet's two 192 -> 768-channel convs, the second on the 2x seed
+grid, and the enhanced form's block convs) run at matmul speed already, so the only way to make them faster is to
+do fewer multiplications. F(2x2, 3x3) computes each 2 x 2 block of outputs from a 4 x 4 input tile with 16 channel products
 instead of 36 (2.25x fewer). The transforms only add and subtract (the weight transform halves), so in float32 the
 result is as accurate as the direct convolution (measured ~5e-7 against float64, direct ~2e-6).
 
@@ -90,8 +90,8 @@ def conv3x3(x: torch.Tensor, weight: WinogradWeight, padding: tuple[int, int, in
 
     Equal to ``F.conv2d`` (then ``F.pixel_shuffle``) up to float32 rounding. Computed in blocks of tiles (see
     BLOCK_BYTES); tiles are independent, so blocks change no number. With a ``workspace`` the intermediates are
-    its buffers ``winograd_*``, and so is the output unless ``output_in_workspace`` is false (it then stays valid
-    only until the next call with that workspace).
+    its buffers ``winograd_*``, and so is the output (valid until the next call with that workspace) unless
+    ``output_in_workspace`` is false.
     """
     workspace = workspace or Workspace(x.device)
     n, h, w, cin = x.shape
