@@ -2,9 +2,9 @@
 
 Why: on a CPU the decoder's 3x3 convolutions (UPNet's two 192 -> 768-channel convs, the second on the 2x seed
 grid, and the enhanced form's block convs) run at matmul speed already, so the only way to make them faster is to
-do fewer multiplications. F(2x2, 3x3) computes each 2 x 2 block of outputs from a 4 x 4 input tile with 16 channel products
-instead of 36 (2.25x fewer). The transforms only add and subtract (the weight transform halves), so in float32 the
-result is as accurate as the direct convolution (measured ~5e-7 against float64, direct ~2e-6).
+do fewer multiplications. F(2x2, 3x3) computes each 2 x 2 block of outputs from a 4 x 4 input tile with 16
+channel products instead of 36 (2.25x fewer). The transforms only add and subtract (the weight transform halves),
+so in float32 the result is as accurate as the direct convolution (measured ~5e-7 against float64, direct ~2e-6).
 
 Layout: channels last in and out, which is the decoder's own layout (tokens), so no transposes are needed around
 it; with ``shuffle=2`` the output comes out already pixel-shuffled (``nn.PixelShuffle(2)`` of the convolution).
