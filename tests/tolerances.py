@@ -55,7 +55,8 @@ DECODER_BATCH_ABS = 1e-5
 # conv measures ~2e-6 on the same cases). 2e-6 still fails any wrong transform coefficient (errors O(0.1)).
 WINOGRAD_CONV_REL = 2e-6
 # The tiny decoder with Winograd seed-grid convolutions against the direct ones (O(1) outputs): each conv output
-# moves by a few float32 ulps (WINOGRAD_CONV_REL), and ~10 layers after the convs carry that on unamplified.
+# moves by a few float32 ulps (WINOGRAD_CONV_REL), and ~10 layers after the convs carry that on unamplified
+# (observed 1.3e-7); 1e-5 still fails any wrong transform or misplaced tile, which move outputs by O(0.1).
 DECODER_WINOGRAD_ABS = 1e-5
 # Golden raw Gaussians with encoder + decoder in float32 (tests/core/test_golden_parity.py). The golden vectors
 # are themselves a float32 run whose rounding noise, amplified by the untrained rule weights through 16 encoder
