@@ -446,31 +446,23 @@ class GaussianDecoder(nn.Module):
 
     # -- UPNet and heads, in strips of LR rows ------------------------------------------------------------------
 
-    def _first_conv_batches(self, grid: torch.Tensor, fast: bool):
+    def _first_conv_batches(self, grid: torch.Tensor):
         """UPNet's first conv and pixel shuffle on batches of seed rows: yields (c0, c1, (B, 2 (c1 - c0), 2 w, C)),
         channels last, for consecutive row ranges covering the grid (B, h, w, C).
 
         On a CPU the batches depend on the grid alone (an even number of rows, starting on even rows), never on the
         strip size, so every row is computed the same way whatever the chunking; each row is computed once.
         """
-        conv1 = self.UPNet[0]
         b, h, w, _ = grid.shape
         seeds = (_FIRST_CONV_BATCH_SEEDS_CPU if grid.device.type == "cpu"
                  else self._chunk_sizes(grid.device)[0] // GAUSSIANS_PER_SEED)
         rows = 2 * max(1, -(-seeds // (2 * b * w)))  # even, so Winograd tiles never straddle two batches
-        if fast:
-            weight = winograd.transform_weight(conv1.weight, conv1.bias, _UPSAMPLE)
-            workspace = Workspace(grid.device)  # intermediates only: a batch's output may outlive the next batch
+        conv = winograd.ChannelsLastConv(self.UPNet[0], grid, _UPSAMPLE)
+        workspace = Workspace(grid.device)  # intermediates only: a batch's output may outlive the next batch
         for c0 in range(0, h, rows):
             c1 = min(c0 + rows, h)
             src = grid[:, max(c0 - 1, 0):min(c1 + 1, h)]  # one row of context each side, zeros outside the grid
-            pad = (1, 1, int(c0 == 0), int(c1 == h))
-            if fast:
-                yield c0, c1, winograd.conv3x3(src, weight, pad, workspace, output_in_workspace=False)
-            else:
-                out = F.conv2d(F.pad(src.permute(0, 3, 1, 2), (0, 0) + pad[2:]), conv1.weight, conv1.bias,
-                               padding=(0, 1))
-                yield c0, c1, F.pixel_shuffle(out, _UPSAMPLE).permute(0, 2, 3, 1)
+            yield c0, c1, conv(src, (1, 1, int(c0 == 0), int(c1 == h)), workspace, output_in_workspace=False)
 
     def _upsampled_strips(self, grid: torch.Tensor, rows: int, workspace: Workspace):
         """UPNet on strips of ``rows`` seed rows of the grid (B, h, w, C): yields (r0, r1, (B, 4 (r1 - r0), 4 w, C)),
@@ -480,15 +472,12 @@ class GaussianDecoder(nn.Module):
         zero padding of the whole-grid conv. The first conv runs on its own batches of rows (computed once, kept
         while strips need them), so thin strips (one seed row on wide images) cost no extra convolution. Both convs
         run as Winograd convolutions where that applies (float32 on a CPU, see winograd.py); their tiles start on
-        even rows, so strips still give the whole grid's numbers. The second conv's output is then a ``workspace``
-        buffer, overwritten by the next strip.
+        even rows, so strips still give the whole grid's numbers. The second conv's output may then be a
+        ``workspace`` buffer, overwritten by the next strip.
         """
-        conv1, conv2 = self.UPNet[0], self.UPNet[2]
-        fast = winograd.applies(grid, conv1.weight), winograd.applies(grid, conv2.weight)
-        if fast[1]:
-            conv2_fast = winograd.transform_weight(conv2.weight, conv2.bias, _UPSAMPLE)
+        conv2 = winograd.ChannelsLastConv(self.UPNet[2], grid, _UPSAMPLE)
         h = grid.shape[1]
-        batches = self._first_conv_batches(grid, fast[0])
+        batches = self._first_conv_batches(grid)
         kept: list[tuple[int, int, torch.Tensor]] = []  # first-conv batches a strip may still need, in order
         for r0 in range(0, h, rows):
             r1 = min(r0 + rows, h)
@@ -500,14 +489,8 @@ class GaussianDecoder(nn.Module):
             parts = [out[:, _UPSAMPLE * (max(a, c0) - c0):_UPSAMPLE * (min(b, c1) - c0)] for c0, c1, out in kept]
             y = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # fine rows [2a, 2b)
             lo, hi = max(2 * r0 - 1, 0), min(2 * r1 + 1, 2 * h)  # fine rows the second conv needs
-            y = y[:, lo - 2 * a:hi - 2 * a]
-            pad = (1, 1, int(r0 == 0), int(r1 == h))  # zero columns on both sides, zero rows at the grid's edges
-            if fast[1]:
-                yield r0, r1, winograd.conv3x3(y, conv2_fast, pad, workspace)
-            else:
-                out = F.conv2d(F.pad(y.permute(0, 3, 1, 2), (0, 0) + pad[2:]), conv2.weight, conv2.bias,
-                               padding=(0, 1))
-                yield r0, r1, F.pixel_shuffle(out, _UPSAMPLE).permute(0, 2, 3, 1)
+            # zero columns on both sides, zero rows at the grid's edges
+            yield r0, r1, conv2(y[:, lo - 2 * a:hi - 2 * a], (1, 1, int(r0 == 0), int(r1 == h)), workspace)
 
     def _gaussians(self, grid: torch.Tensor) -> torch.Tensor:
         """Seed grid (B, h, w, C) -> (B, 16 h w, 9), processed in strips of rows to bound peak memory."""

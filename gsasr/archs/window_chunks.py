@@ -23,7 +23,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import winograd
@@ -100,9 +99,7 @@ class WindowChunks:
         windows), so any strip height gives the same numbers.
         """
         ws, c = self.window, src.shape[-1]
-        fast = ws % 2 == 0 and winograd.applies(src, conv.weight)
-        if fast:
-            fast_weight = winograd.transform_weight(conv.weight, conv.bias)
+        channels_last_conv = winograd.ChannelsLastConv(conv, src, allow_winograd=ws % 2 == 0)
         across = self.w // ws  # windows per window row
         window_rows = self.h // ws
         rows_per_strip = max(1, self.windows_per_chunk // across)
@@ -119,11 +116,7 @@ class WindowChunks:
                 r1 = min(r0 + rows_per_strip, window_rows)
                 rows = grid[image, r0:r1].permute(0, 2, 1, 3, 4).reshape((r1 - r0) * ws, self.w, c)
                 strip = torch.cat([seed_row(image, r0 - 1, ws - 1), rows, seed_row(image, r1, 0)])
-                if fast:
-                    out = winograd.conv3x3(strip[None], fast_weight, (1, 1, 0, 0), self.workspace)
-                else:
-                    out = F.conv2d(strip.permute(2, 0, 1)[None], conv.weight, conv.bias, padding=(0, 1))
-                    out = out.permute(0, 2, 3, 1)
+                out = channels_last_conv(strip[None], (1, 1, 0, 0), self.workspace)
                 out = window_partition(out, ws)  # (windows of the strip, T, C)
                 first = (image * window_rows + r0) * across
                 dst[first:first + out.shape[0]] += out

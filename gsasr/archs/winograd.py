@@ -123,6 +123,35 @@ def conv3x3(x: torch.Tensor, weight: WinogradWeight, padding: tuple[int, int, in
     return out
 
 
+class ChannelsLastConv:
+    """A 3x3 ``nn.Conv2d`` (then ``nn.PixelShuffle(shuffle)``) applied to channels-last strips: one Winograd
+    convolution per call where :func:`applies` (weights transformed once, here), the direct convolution
+    otherwise. ``allow_winograd=False`` keeps it direct (callers whose strips may start on odd rows)."""
+
+    def __init__(self, conv: torch.nn.Conv2d, like: torch.Tensor, shuffle: int = 1, allow_winograd: bool = True):
+        self.conv, self.shuffle = conv, shuffle
+        self.winograd = (transform_weight(conv.weight, conv.bias, shuffle)
+                         if allow_winograd and applies(like, conv.weight) else None)
+
+    def __call__(self, x: torch.Tensor, padding: tuple[int, int, int, int], workspace: Workspace | None = None,
+                 output_in_workspace: bool = True) -> torch.Tensor:
+        """(N, H, W, Cin) with zero ``padding`` (left, right, top, bottom) -> (N, s Ho, s Wo, C'), as
+        :func:`conv3x3` (the direct path's output is a channels-last view of a new tensor)."""
+        if self.winograd is not None:
+            return conv3x3(x, self.winograd, padding, workspace, output_in_workspace)
+        left, right, top, bottom = padding
+        x = x.permute(0, 3, 1, 2)
+        if top or bottom:
+            x = F.pad(x, (0, 0, top, bottom))
+        if left == right:  # the conv pads the columns itself, no copy
+            out = F.conv2d(x, self.conv.weight, self.conv.bias, padding=(0, left))
+        else:
+            out = F.conv2d(F.pad(x, (left, right)), self.conv.weight, self.conv.bias)
+        if self.shuffle > 1:
+            out = F.pixel_shuffle(out, self.shuffle)
+        return out.permute(0, 2, 3, 1)
+
+
 def _tiles(x: torch.Tensor, weight: WinogradWeight, out: torch.Tensor, workspace: Workspace) -> None:
     """One block of tiles: padded input rows and columns ``x`` (N, 2 th + 2, 2 tw + 2, Cin) -> ``out``
     (N, th, 2, s, tw, 2, s, C'), a view of the whole output."""

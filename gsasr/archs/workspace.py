@@ -9,6 +9,8 @@ forward always pays some of it. A workspace allocates each buffer once per forwa
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -25,9 +27,7 @@ class Workspace:
 
     def take(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """A contiguous, uninitialised tensor of ``shape`` and ``dtype`` in the named buffer."""
-        count = 1
-        for size in shape:
-            count *= size
+        count = math.prod(shape)
         buffer = self._buffers.get(name)
         if buffer is None or buffer.numel() < count or buffer.dtype != dtype:
             buffer = self._buffers[name] = torch.empty(count, device=self.device, dtype=dtype)

@@ -79,6 +79,23 @@ def test_blocks_of_tiles_change_nothing(block_tiles, monkeypatch):
     assert torch.equal(blocked, whole)
 
 
+@pytest.mark.parametrize("allow_winograd", [True, False])
+@pytest.mark.parametrize(("padding", "shuffle"), [((1, 1, 0, 1), 2), ((0, 1, 1, 0), 1)])
+def test_channels_last_conv_both_ways(allow_winograd, padding, shuffle):
+    """The decoder's one entry point: a module's conv (+ pixel shuffle) on channels-last strips, Winograd or
+    direct, both equal to the float64 convolution (the direct one to float32 rounding of its own)."""
+    torch.manual_seed(4)
+    conv = torch.nn.Conv2d(128, 256, 3)
+    x = torch.randn(1, 6, 10, 128)
+    with torch.no_grad():
+        run = winograd.ChannelsLastConv(conv, x, shuffle, allow_winograd=allow_winograd)
+        assert (run.winograd is not None) == allow_winograd
+        out = run(x, padding)
+    exact = _direct_float64(x.permute(0, 3, 1, 2), conv.weight, conv.bias, padding, shuffle)
+    assert out.shape == exact.shape
+    assert (out.double() - exact).abs().max() <= WINOGRAD_CONV_REL * exact.abs().max()
+
+
 def test_rejects_what_it_cannot_do():
     weight = torch.randn(12, 4, 3, 3)
     with pytest.raises(ValueError, match="pixel-shuffled by 2"):
