@@ -12,10 +12,18 @@ on its own; without it the image is one tile and stitch is 0.
 How close to the hardware: the networks' FLOPs (torch's FlopCounterMode on a 48 x 48 crop, attention included,
 scaled by the LR pixels actually computed, context included; the networks are convolutions and windowed
 attention, linear in the pixels) divided by the float32 matmul rate give the time the networks would take at
-matmul speed; ``x bound`` is the measured encoder + decoder time over that bound. The rate is the best of several
-timed 2048^3 products, measured before and after each architecture, the higher kept: a slow moment of a shared
-machine does not lower the bar. With ``--amp`` the networks run under autocast like ``model.upscale(amp=...)``
-and the rate is measured in the autocast dtype.
+matmul speed; ``x bound`` is the measured encoder + decoder time over that bound. The rate is measured before and
+after each architecture, two ways:
+
+* burst: the best of several short runs of 2048^3 products, the higher of before and after (a slow moment of a
+  shared machine does not lower the bar);
+* sustained: 2048^3 products back to back for ``--rate-seconds``, total FLOPs over total time, the mean of before
+  and after. A run of the networks lasts seconds to minutes; on a shared machine (a cloud VM) its speed wanders
+  over that time, and the burst rate is a peak that no computation that long reaches, the products themselves
+  included. ``x sust`` compares the networks with matmuls over a comparable stretch of time.
+
+With ``--amp`` the networks run under autocast like ``model.upscale(amp=...)`` and the rates are measured in the
+autocast dtype.
 
 On a GPU one untimed run comes first (CUDA context, cuDNN's algorithm search, the rasteriser module's load); the
 table gives the median of ``--repeat`` timed runs.
@@ -32,6 +40,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from _environment import environment_header  # bench/ is on sys.path when a benchmark runs
@@ -69,14 +78,29 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (kB on Linux)
 
 
-def matmul_gflops(device: torch.device, n: int = 2048, repeat: int = 4, trials: int = 5,
-                  dtype: torch.dtype = torch.float32) -> float:
-    """Measured matmul rate: the practical peak the networks' FLOPs could run at (best of ``trials``)."""
+class MatmulRate(NamedTuple):
+    """GFLOP/s of n^3 matrix products: ``burst`` the best of a few short runs, ``sustained`` over a longer stretch."""
+    burst: float
+    sustained: float
+
+
+def matmul_rate(device: torch.device, seconds: float, n: int = 2048, repeat: int = 4, trials: int = 5,
+                dtype: torch.dtype = torch.float32) -> MatmulRate:
+    """Measured matmul rates: the practical peak the networks' FLOPs could run at (best of ``trials`` runs of
+    ``repeat`` products), and the rate of products run back to back for ``seconds`` (see the module docstring)."""
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):
         a @ b
+    flops = 2 * n ** 3
     best = min(timed(lambda: [a @ b for _ in range(repeat)], device)[1] for _ in range(trials))
-    return 2 * n ** 3 * repeat / best / 1e9
+    products, start = 0, time.perf_counter()
+    while True:
+        timed(lambda: [a @ b for _ in range(repeat)], device)
+        products += repeat
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            break
+    return MatmulRate(flops * repeat / best / 1e9, flops * products / elapsed / 1e9)
 
 
 def _attention_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
@@ -172,6 +196,9 @@ def main() -> None:
                                                          "the device), e.g. 131072,131072")
     parser.add_argument("--amp", default="off", choices=AMP_MODES,
                         help="autocast the networks like model.upscale(amp=...); default off (float32)")
+    parser.add_argument("--rate-seconds", type=float, default=10.0,
+                        help="how long each sustained matmul-rate measurement runs (before and after each "
+                             "architecture)")
     args = parser.parse_args()
     device = torch.device(args.device)
     amp_dtype = resolve_amp(args.amp, device)
@@ -180,14 +207,17 @@ def main() -> None:
 
     golden = load_golden()
     print(environment_header(device, active_backend(device)))
-    print(f"# matmul rate: {str(rate_dtype).removeprefix('torch.')} 2048^3 on {device}, best of before and after "
-          f"each architecture; amp {args.amp} ({amp_dtype or 'float32'}); tile {args.tile or 'none'}; "
+    print(f"# matmul rate: {str(rate_dtype).removeprefix('torch.')} 2048^3 on {device}, before and after each "
+          f"architecture: burst = the best short run, sustained = {args.rate_seconds:g} s back to back; "
+          f"amp {args.amp} ({amp_dtype or 'float32'}); tile {args.tile or 'none'}; "
           f"decoder chunks {args.chunks or 'by device'}")
     print(f"{'arch':<11} {'LR':>9} {'out':>11} {'encoder s':>10} {'decoder s':>10} {'stitch s':>9} {'render s':>9} "
-          f"{'total s':>8} {'out MP/s':>9} {'GFLOP':>7} {'GFLOP/s':>8} {'bound s':>8} {'x bound':>8} {'peak MB':>8}"
-          f"  (CPU: process peak RSS so far; CUDA: this architecture's peak allocated)")
+          f"{'total s':>8} {'out MP/s':>9} {'GFLOP':>7} {'burst GF/s':>10} {'sust GF/s':>9} {'bound s':>8} "
+          f"{'x bound':>8} {'x sust':>7} {'peak MB':>8}"
+          f"  (bound and x bound: burst rate; CPU peak: process peak RSS so far; CUDA: this architecture's peak "
+          f"allocated)")
     results = {}
-    rate = matmul_gflops(device, dtype=rate_dtype)
+    rate = matmul_rate(device, args.rate_seconds, dtype=rate_dtype)
     for arch in args.archs:
         with tempfile.TemporaryDirectory() as tmp:
             model = gsasr.load_model(golden.write_official_checkpoint(arch, tmp), device=device)
@@ -196,24 +226,28 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)  # each architecture's own peak (weights included)
         r = run_case(model, args.size, args.scale, args.repeat, device, args.tile, amp_dtype)
-        # A shared machine's speed drifts; the faster of the two measurements around the run makes the bound
-        # the stricter one.
-        rate_after = matmul_gflops(device, dtype=rate_dtype)
-        r["rate"] = max(rate, rate_after)
+        rate_after = matmul_rate(device, args.rate_seconds, dtype=rate_dtype)
+        # A shared machine's speed drifts: the faster burst around the run makes the bound the stricter one; the
+        # sustained rates before and after are averaged, like the run averages over its own stretch of time.
+        r["rate"] = max(rate.burst, rate_after.burst)
+        r["rate_sustained"] = (rate.sustained + rate_after.sustained) / 2
         rate = rate_after
         r["gflop"] = network_flops_per_lr_pixel(model, args.scale, device) * r["lr_pixels_computed"] / 1e9
         r["bound"] = r["gflop"] / r["rate"]
-        r["x_bound"] = (r["encoder"] + r["decoder"]) / r["bound"]
+        networks = r["encoder"] + r["decoder"]
+        r["x_bound"] = networks / r["bound"]
+        r["x_sustained"] = networks / (r["gflop"] / r["rate_sustained"])
         results[arch] = r
         lr_size, out_size = "{1}x{0}".format(*args.size), "{1}x{0}".format(*r["out"])
         print(f"{arch:<11} {lr_size:>9} {out_size:>11} "
               f"{r['encoder']:>10.2f} {r['decoder']:>10.2f} {r['stitch']:>9.2f} {r['render']:>9.2f} "
-              f"{r['total']:>8.2f} {r['mp_s']:>9.3f} {r['gflop']:>7.0f} {r['rate']:>8.1f} {r['bound']:>8.2f} "
-              f"{r['x_bound']:>8.2f} "
+              f"{r['total']:>8.2f} {r['mp_s']:>9.3f} {r['gflop']:>7.0f} {r['rate']:>10.1f} "
+              f"{r['rate_sustained']:>9.1f} {r['bound']:>8.2f} {r['x_bound']:>8.2f} {r['x_sustained']:>7.2f} "
               f"{r['peak_mb']:>8.0f}", flush=True)
         del model
-    summary = " ".join(f"{a}_s={r['total']:.2f} {a}_matmul_gflops={r['rate']:.1f} {a}_x_bound={r['x_bound']:.2f}"
-                       for a, r in results.items())
+    summary = " ".join(f"{a}_s={r['total']:.2f} {a}_matmul_gflops={r['rate']:.1f} "
+                       f"{a}_matmul_gflops_sustained={r['rate_sustained']:.1f} {a}_x_bound={r['x_bound']:.2f} "
+                       f"{a}_x_bound_sustained={r['x_sustained']:.2f}" for a, r in results.items())
     print(f"RESULT size={'{1}x{0}'.format(*args.size)} scale={args.scale:g} device={device.type} amp={args.amp} "
           f"tile={args.tile} {summary}")
 

@@ -81,14 +81,15 @@ for step in "${expanded[@]}"; do
     render)
       run_step render "$PY" bench/bench_render.py --device cuda --sizes 180x4 256x4 512x4 1024x4 --repeat 20 ;;
     pipeline)
-      run_step pipeline "$PY" bench/bench_pipeline.py --device cuda --archs EDSR EDSR_DIV2K HATL_SA1B \
+      run_step pipeline "$PY" bench/bench_pipeline.py --device cuda --rate-seconds 2 --archs EDSR EDSR_DIV2K HATL_SA1B \
         --size 246x200 --scale 4 --amp auto --repeat 10
-      run_step pipeline_fp32 "$PY" bench/bench_pipeline.py --device cuda --archs EDSR --size 246x200 --scale 4 \
-        --repeat 10 ;;
+      run_step pipeline_fp32 "$PY" bench/bench_pipeline.py --device cuda --rate-seconds 2 --archs EDSR \
+        --size 246x200 --scale 4 --repeat 10 ;;
     memory)
-      run_step memory_fp32 "$PY" bench/bench_pipeline.py --device cuda --archs EDSR --size 1024 --scale 4 --repeat 2
-      run_step memory_amp "$PY" bench/bench_pipeline.py --device cuda --archs EDSR --size 1024 --scale 4 \
-        --amp auto --repeat 2
+      run_step memory_fp32 "$PY" bench/bench_pipeline.py --device cuda --rate-seconds 2 --archs EDSR --size 1024 \
+        --scale 4 --repeat 2
+      run_step memory_amp "$PY" bench/bench_pipeline.py --device cuda --rate-seconds 2 --archs EDSR --size 1024 \
+        --scale 4 --amp auto --repeat 2
       # bytes per LR pixel on the GPU (the figure behind tiling.BYTES_PER_LR_PIXEL), chunked against unchunked
       run_step tile_memory_amp "$PY" bench/tile_memory.py --device cuda --amp auto --sizes 192 256 \
         --chunked-sizes 512 768
@@ -96,8 +97,8 @@ for step in "${expanded[@]}"; do
         --chunked-sizes 512 768 ;;
     chunks)
       for c in 16384,16384 65536,65536 131072,131072 524288,524288; do
-        run_step "chunks_${c/,/_}" "$PY" bench/bench_pipeline.py --device cuda --archs EDSR --size 512 --scale 4 \
-          --amp auto --repeat 3 --chunks "$c"
+        run_step "chunks_${c/,/_}" "$PY" bench/bench_pipeline.py --device cuda --rate-seconds 2 --archs EDSR \
+          --size 512 --scale 4 --amp auto --repeat 3 --chunks "$c"
       done ;;
   esac
 done
