@@ -14,7 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 SMOKE_RUNS = {
-    "bench_pipeline.py": ["--archs", "EDSR", "--size", "12", "--scale", "2", "--rate-seconds", "0.5"],
+    "bench_pipeline.py": ["--archs", "EDSR", "--size", "12", "--scale", "2", "--rate-seconds", "0.5", "--control"],
     "bench_render.py": ["--sizes", "8x2", "--repeat", "1"],
     "amp_report.py": ["--archs", "EDSR", "--modes", "bf16", "--device", "cpu"],
     "tile_memory.py": ["--sizes", "24", "36", "--chunked-sizes", "24", "36", "--self-blocks", "1"],
