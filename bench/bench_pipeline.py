@@ -24,7 +24,8 @@ after each architecture, two ways:
   included. ``x sust`` compares the networks with matmuls over a comparable stretch of time.
 
 ``--control`` checks the measure itself: it runs 2048^3 products back to back for as long as the networks ran and
-scores that pure-matmul workload the same way (on a 2-core cloud VM: x bound 1.19, x sust 0.99 for 50 s).
+scores that pure-matmul workload the same way (on a 2-core cloud VM, 50 s of products scored x bound 1.06-1.29,
+x sust 0.89-1.11), and gives the networks' time over their FLOPs at the control's own rate (``x_control``).
 
 With ``--amp`` the networks run under autocast like ``model.upscale(amp=...)`` and the rates are measured in the
 autocast dtype.
@@ -266,14 +267,16 @@ def main() -> None:
         if control is not None:
             # a workload of `networks` seconds at the control's rate, measured like the networks
             r["control"] = (r["rate"] / control, r["rate_sustained"] / control)
+            r["x_control"] = networks / (r["gflop"] / control)
             print(f"# control: 2048^3 products back to back for {networks:.1f} s ran at {control:.1f} GFLOP/s: "
-                  f"x bound {r['control'][0]:.2f}, x sust {r['control'][1]:.2f}", flush=True)
+                  f"x bound {r['control'][0]:.2f}, x sust {r['control'][1]:.2f}; the networks' time over their "
+                  f"FLOPs at the control's rate: {r['x_control']:.2f}", flush=True)
         del model
     summary = " ".join(f"{a}_s={r['total']:.2f} {a}_matmul_gflops={r['rate']:.1f} "
                        f"{a}_matmul_gflops_sustained={r['rate_sustained']:.1f} {a}_x_bound={r['x_bound']:.2f} "
                        f"{a}_x_bound_sustained={r['x_sustained']:.2f}"
                        + (f" {a}_control_x_bound={r['control'][0]:.2f} {a}_control_x_bound_sustained="
-                          f"{r['control'][1]:.2f}" if "control" in r else "")
+                          f"{r['control'][1]:.2f} {a}_x_control={r['x_control']:.2f}" if "control" in r else "")
                        for a, r in results.items())
     print(f"RESULT size={'{1}x{0}'.format(*args.size)} scale={args.scale:g} device={device.type} amp={args.amp} "
           f"tile={args.tile} {summary}")
