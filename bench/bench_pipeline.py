@@ -96,17 +96,21 @@ def _square_operands(device: torch.device, dtype: torch.dtype, n: int = 2048) ->
     return a, b
 
 
-def matmul_stream(device: torch.device, seconds: float, dtype: torch.dtype = torch.float32, n: int = 2048,
-                  repeat: int = 4) -> float:
-    """GFLOP/s of n^3 products run back to back for at least ``seconds``: total FLOPs over total time."""
-    a, b = _square_operands(device, dtype, n)
+def _products_rate(a: torch.Tensor, b: torch.Tensor, seconds: float, repeat: int) -> float:
+    """GFLOP/s of ``a @ b`` (square) run back to back for at least ``seconds``: total FLOPs over total time."""
     products, start = 0, time.perf_counter()
     while True:
-        timed(lambda: [a @ b for _ in range(repeat)], device)
+        timed(lambda: [a @ b for _ in range(repeat)], a.device)
         products += repeat
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
-            return 2 * n ** 3 * products / elapsed / 1e9
+            return 2 * a.shape[0] ** 3 * products / elapsed / 1e9
+
+
+def matmul_stream(device: torch.device, seconds: float, dtype: torch.dtype = torch.float32, n: int = 2048,
+                  repeat: int = 4) -> float:
+    """GFLOP/s of n^3 products run back to back for at least ``seconds``."""
+    return _products_rate(*_square_operands(device, dtype, n), seconds, repeat)
 
 
 def matmul_rate(device: torch.device, seconds: float, n: int = 2048, repeat: int = 4, trials: int = 5,
@@ -115,7 +119,7 @@ def matmul_rate(device: torch.device, seconds: float, n: int = 2048, repeat: int
     ``repeat`` products), and the rate of products run back to back for ``seconds`` (see the module docstring)."""
     a, b = _square_operands(device, dtype, n)
     best = min(timed(lambda: [a @ b for _ in range(repeat)], device)[1] for _ in range(trials))
-    return MatmulRate(2 * n ** 3 * repeat / best / 1e9, matmul_stream(device, seconds, dtype, n, repeat))
+    return MatmulRate(2 * n ** 3 * repeat / best / 1e9, _products_rate(a, b, seconds, repeat))
 
 
 def _attention_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:

@@ -109,8 +109,8 @@ def main() -> None:
         print(f"{name:9s}: peak {pa / 2**20:.0f} MiB at {a}x{a}, {pb / 2**20:.0f} MiB at {b}x{b}; "
               f"{slope / 1024:.1f} KiB per LR pixel (slope), {pb / (b * b) / 1024:.1f} KiB/px at {b}x{b}")
     print(f"RESULT device={args.device} amp={args.amp} chunked_kib_per_px={result['chunked'] / 1024:.1f} "
-          f"unchunked_kib_per_px="
-          f"{result['unchunked'] / 1024:.1f} ratio={result['unchunked'] / result['chunked']:.1f}")
+          f"unchunked_kib_per_px={result['unchunked'] / 1024:.1f} "
+          f"ratio={result['unchunked'] / result['chunked']:.1f}")
 
 
 if __name__ == "__main__":
