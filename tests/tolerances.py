@@ -87,3 +87,10 @@ NATIVE_RENDER_ABS = 1e-5
 # Golden images rendered by the compiled kernels: the same 1e-5 as GOLDEN_RENDER_ABS (the reference is 2.4e-6
 # from golden, the kernels ~1e-6 from the reference), so the rasteriser alone cannot eat GOLDEN_SR_ABS.
 NATIVE_GOLDEN_RENDER_ABS = 1e-5
+
+# Conditioned golden set, end to end in float32 (tests/core/test_golden_conditioned.py): the and the golden
+# README's contract. On these tiny canvases the official window edge (|gx - cx| <= dmax) is a discontinuity: a
+# centre one float32 ulp away switches a whole weight on or off (the golden README measures 8 of 9690 pixels moved
+# by up to 0.042 from 1e-7 relative noise). So at most 0.1 % of the pixels may exceed GOLDEN_SR_ABS; every other
+# pixel must be within it.
+CONDITIONED_SR_OUTLIER_FRACTION = 1e-3
