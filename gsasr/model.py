@@ -415,7 +415,8 @@ def load_model(source: str, device: str | torch.device = "cpu", *, models_dir: s
 
     from .errors import ModelNotFoundError
     from .loading import architecture_name, build_decoder, build_encoder, read_any
-    from .registry import RELEASES, download as download_release, find_release, local_release_folder
+    from .registry import RELEASES, find_release, install_instructions, local_release_folder
+    from .registry import download as download_release
 
     path = Path(str(source)).expanduser()
     release = None
@@ -429,8 +430,9 @@ def load_model(source: str, device: str | torch.device = "cpu", *, models_dir: s
         folder = local_release_folder(release, models_dir) if models_dir is not None else None
         if folder is None:
             if not download:
-                raise ModelNotFoundError(f"{release.name} is not in {models_dir} and downloading is off: put "
-                                         f"encoder.pth and decoder.pth from {release.url} in {models_dir}/{release.name}/.")
+                where = f" in {models_dir}" if models_dir is not None else ""
+                raise ModelNotFoundError(f"{release.name} is not{where} and downloading is off. "
+                                         f"{install_instructions(release, models_dir)}")
             folder = download_release(release.name, models_dir,
                                       progress=True if download_progress is None else download_progress)
         checkpoint = read_any(folder)

@@ -9,6 +9,9 @@ from __future__ import annotations
 import inspect
 import os
 import shutil
+import socket
+import threading
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +20,10 @@ from .errors import CheckpointError, ModelNotFoundError
 
 HF_REPO_ID = "mutou0308/GSASR"
 PARTS = ("encoder", "decoder")
+REACHABLE_TIMEOUT_S = 3.0
+"""How long to wait for a connection to the Hub before treating this machine as offline. huggingface_hub's own
+offline detection retries five times with back-off (~25 s per file when DNS fails, minutes when a firewall drops
+packets); a failed probe makes us read the local cache only, so an offline load fails within seconds."""
 
 ByteProgressFn = Callable[[int, int], None]
 
@@ -27,15 +34,28 @@ class Release:
     hf_folder: str        # folder in the Hugging Face repository
     architecture: str     # what detection must find in the files (see loading.architecture_name)
     description: str
+    other_hf_folders: tuple[str, ...] = ()  # other spellings of the folder its authors use, tried in order
+
+    @property
+    def hf_folders(self) -> tuple[str, ...]:
+        return (self.hf_folder, *self.other_hf_folders)
 
     @property
     def hf_files(self) -> tuple[str, str]:
-        # Always forward slashes: the official scripts used os.path.join, which breaks on Windows.
-        return tuple(f"{self.hf_folder}/{part}.pth" for part in PARTS)  # type: ignore[return-value]
+        return files_in(self.hf_folder)
 
     @property
     def url(self) -> str:
-        return f"https://huggingface.co/{HF_REPO_ID}/tree/main/{self.hf_folder}"
+        return folder_url(self.hf_folder)
+
+
+def files_in(hf_folder: str) -> tuple[str, str]:
+    # Always forward slashes: the official scripts used os.path.join, which breaks on Windows.
+    return tuple(f"{hf_folder}/{part}.pth" for part in PARTS)  # type: ignore[return-value]
+
+
+def folder_url(hf_folder: str) -> str:
+    return f"https://huggingface.co/{HF_REPO_ID}/tree/main/{hf_folder}"
 
 
 _PAPER = "GSASR_paper"
@@ -51,7 +71,9 @@ RELEASES: dict[str, Release] = {r.name: r for r in (
     Release("RDN_DF2K", f"{_ENH}/RDN_DF2K", "RDN+enhanced", "enhanced, RDN encoder, DF2K (48 M params)"),
     Release("SWIN_DIV2K", f"{_ENH}/SWIN_DIV2K", "SwinIR+enhanced", "enhanced, SwinIR encoder, DIV2K (39 M params)"),
     Release("SWIN_DF2K", f"{_ENH}/SWIN_DF2K", "SwinIR+enhanced", "enhanced, SwinIR encoder, DF2K (39 M params)"),
-    Release("HATL_SA1B", f"{_ENH}/HATL_SA1B", "HAT+enhanced", "ultra, HAT-L encoder, SA-1B (84 M params, best)"),
+    # The authors' code says HATL_SA1B, the links in their README HATL-SA1B: both are tried.
+    Release("HATL_SA1B", f"{_ENH}/HATL_SA1B", "HAT+enhanced", "ultra, HAT-L encoder, SA-1B (84 M params, best)",
+            other_hf_folders=(f"{_ENH}/HATL-SA1B",)),
 )}
 
 # The official paper script calls its models plainly "EDSR", "RDN", "SWIN"; the demo says "SwinIR_*".
@@ -83,8 +105,9 @@ def download(name: str, models_dir: str | os.PathLike | None = None, *, revision
 
     Without ``models_dir`` the files stay in the Hugging Face cache (``HF_HOME``). With it, they are downloaded
     through a cache kept inside ``models_dir`` (``.cache/huggingface``) and linked (or copied, across file systems)
-    to ``models_dir/<name>/``; an existing complete folder is used as it is. Offline, the error says which files
-    to put where.
+    to ``models_dir/<name>/``; an existing complete folder is used as it is. Every spelling of the release's folder
+    on the Hub is tried. When the Hub cannot be reached within REACHABLE_TIMEOUT_S, only the local cache is read,
+    so an offline machine gets its answer in seconds: the error says which files to put where.
 
     ``progress``: True shows huggingface_hub's console bars, False nothing; a function ``progress(done, total)``
     receives the bytes of each file as they arrive (how a host application shows its own progress bar).
@@ -97,7 +120,16 @@ def download(name: str, models_dir: str | os.PathLike | None = None, *, revision
         if existing is not None:
             return existing
     cache_dir = None if models_dir is None else Path(models_dir) / ".cache" / "huggingface"
-    fetched = [_hf_fetch(release, f, revision, cache_dir, progress, models_dir) for f in release.hf_files]
+    online = hub_reachable()
+    failures: list[str] = []
+    for hf_folder in release.hf_folders:
+        try:
+            fetched = [_hf_fetch(f, revision, cache_dir, progress, online) for f in files_in(hf_folder)]
+            break
+        except _FetchFailed as exc:
+            failures.append(f"{hf_folder} ({exc})")
+    else:
+        raise ModelNotFoundError(_download_failed(release, failures, online, models_dir))
     _verify(release, fetched)
     if models_dir is None:
         return Path(fetched[0]).parent
@@ -108,25 +140,77 @@ def download(name: str, models_dir: str | os.PathLike | None = None, *, revision
     return target
 
 
-def _hf_fetch(release: Release, filename: str, revision: str | None, cache_dir: Path | None,
-              progress: bool | ByteProgressFn, models_dir: str | os.PathLike | None) -> str:
+class _FetchFailed(Exception):
+    """One file could not be fetched; the message is the short reason."""
+
+
+def _hf_fetch(filename: str, revision: str | None, cache_dir: Path | None, progress: bool | ByteProgressFn,
+              online: bool) -> str:
     try:
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+        from huggingface_hub.utils import LocalEntryNotFoundError, disable_progress_bars, enable_progress_bars
     except ImportError as exc:  # pragma: no cover - huggingface_hub is a declared dependency
-        raise ModelNotFoundError(f"huggingface_hub is not installed, so {release.name} cannot be downloaded. "
-                                 f"{_manual_instructions(release, models_dir)}") from exc
+        raise _FetchFailed("huggingface_hub is not installed") from exc
     (enable_progress_bars if progress else disable_progress_bars)()
     # tqdm_class arrived in huggingface_hub 0.2x; older ones still download, with their console bar only.
     reports = callable(progress) and "tqdm_class" in inspect.signature(hf_hub_download).parameters
     extra = {"tqdm_class": _reporting_tqdm(progress)} if reports else {}
     try:
-        return hf_hub_download(HF_REPO_ID, filename, revision=revision,
+        return hf_hub_download(HF_REPO_ID, filename, revision=revision, local_files_only=not online,
                                cache_dir=None if cache_dir is None else str(cache_dir), **extra)
-    except Exception as exc:  # network, offline mode, missing file, auth: all end the same way for the user
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        raise ModelNotFoundError(f"Could not download {filename} from huggingface.co/{HF_REPO_ID} ({reason}). "
-                                 f"{_manual_instructions(release, models_dir)}") from exc
+    except LocalEntryNotFoundError as exc:
+        if not online:
+            raise _FetchFailed("not in the local cache") from exc
+        raise _FetchFailed(f"{type(exc).__name__}: the connection failed") from exc
+    except Exception as exc:  # missing file, auth, server errors: all end the same way for the user
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        raise _FetchFailed(f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__) from exc
+
+
+def hub_reachable(timeout: float = REACHABLE_TIMEOUT_S) -> bool:
+    """Whether a connection to the Hugging Face endpoint opens within ``timeout`` seconds (name lookup included).
+
+    False in huggingface_hub's offline mode (HF_HUB_OFFLINE=1). Behind a configured proxy the proxy decides, so
+    the Hub counts as reachable and huggingface_hub's own timeouts apply."""
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    if any(k in urllib.request.getproxies() for k in ("https", "http", "all")):
+        return True
+    endpoint = urlsplit(constants.ENDPOINT)
+    address = (endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443))
+    opened: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection(address, timeout=timeout).close()
+            opened.append(True)
+        except OSError:
+            opened.append(False)
+
+    # A thread, because a name lookup that hangs ignores the socket timeout; the daemon is left to finish alone.
+    thread = threading.Thread(target=probe, name="gsasr-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(opened and opened[0])
+
+
+def hf_cache_folder() -> str:
+    """Where huggingface_hub keeps downloads when no models folder is given (HF_HUB_CACHE / HF_HOME)."""
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def _download_failed(release: Release, failures: list[str], online: bool,
+                     models_dir: str | os.PathLike | None) -> str:
+    why = "" if online else (f"huggingface.co could not be reached within {REACHABLE_TIMEOUT_S:g} s (offline, a "
+                             f"firewall, or HF_HUB_OFFLINE=1), so only the local cache was searched. ")
+    return (f"Could not get {release.name} from huggingface.co/{HF_REPO_ID}: tried {'; '.join(failures)}. {why}"
+            f"{install_instructions(release, models_dir)}")
 
 
 def _reporting_tqdm(report: ByteProgressFn):
@@ -142,10 +226,17 @@ def _reporting_tqdm(report: ByteProgressFn):
     return ReportingTqdm
 
 
-def _manual_instructions(release: Release, models_dir: str | os.PathLike | None) -> str:
-    where = Path(models_dir) / release.name if models_dir is not None else Path("<models folder>") / release.name
-    return (f"To install it by hand, download encoder.pth and decoder.pth from {release.url} and put them in "
-            f"{where}/ (so that {where}/encoder.pth and {where}/decoder.pth exist).")
+def install_instructions(release: Release, models_dir: str | os.PathLike | None) -> str:
+    source = " or ".join(folder_url(f) for f in release.hf_folders)
+    if models_dir is not None:
+        where = Path(models_dir) / release.name
+        return (f"To install it by hand, download encoder.pth and decoder.pth from {source} and put them in "
+                f"{where}{os.sep} (so that {where / 'encoder.pth'} and {where / 'decoder.pth'} exist).")
+    example = Path.home() / "gsasr-models"
+    return (f"Without a models folder, downloads go to the Hugging Face cache ({hf_cache_folder()}). To install it "
+            f"by hand, download encoder.pth and decoder.pth from {source} into {example / release.name}{os.sep}, "
+            f"then use models_dir={str(example)!r} (command line: --models-dir {example}), or give that folder "
+            f"itself as the model.")
 
 
 def _verify(release: Release, files: list[str]) -> None:

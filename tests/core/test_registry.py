@@ -25,19 +25,20 @@ def test_the_ten_releases_and_their_hugging_face_paths():
     assert find_release("nope") is None
 
 
-def _offline_cache(monkeypatch, cache: Path, release: str, form: str = "enhanced") -> None:
-    """A Hugging Face cache holding `release` the way hf_hub_download leaves it, and offline mode on."""
+def _offline_cache(monkeypatch, cache: Path, release: str, form: str = "enhanced", hf_folder: str | None = None,
+                   offline: bool = True) -> None:
+    """A Hugging Face cache holding `release` (in `hf_folder`) the way hf_hub_download leaves it; offline mode on."""
     import huggingface_hub.constants as hf_constants
 
     repo = cache / f"models--{HF_REPO_ID.replace('/', '--')}"
-    snapshot = repo / "snapshots" / REVISION / RELEASES[release].hf_folder
+    snapshot = repo / "snapshots" / REVISION / (hf_folder or RELEASES[release].hf_folder)
     snapshot.mkdir(parents=True)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(REVISION)
     ckpt = tiny_checkpoint(form)
     torch.save({"params": ckpt.encoder, "params_ema": ckpt.encoder}, snapshot / "encoder.pth")
     torch.save({"params": ckpt.decoder, "params_ema": ckpt.decoder}, snapshot / "decoder.pth")
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", offline)
 
 
 def test_download_into_the_hugging_face_cache(monkeypatch, tmp_path: Path):
@@ -105,3 +106,124 @@ def test_download_progress_reaches_a_callback_through_huggingface_hubs_bar(monke
     bar.update(200)
     bar.close()
     assert seen == [(100, 300), (300, 300)]
+
+
+# ------------------------------------------------------------------ offline in seconds, every folder spelling
+
+
+def _unreachable_hub(monkeypatch) -> None:
+    """Online mode, but the Hub endpoint is a local port where nothing listens (how an offline machine looks)."""
+    import socket
+
+    import huggingface_hub.constants as hf_constants
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: connections are refused
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    for proxy in ("https_proxy", "http_proxy", "all_proxy", "HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)
+
+
+def _recording_hf_hub_download(monkeypatch) -> list[dict]:
+    import huggingface_hub
+
+    calls: list[dict] = []
+    real = huggingface_hub.hf_hub_download
+
+    def recording(repo_id, filename, **kwargs):
+        calls.append({"filename": filename, **kwargs})
+        return real(repo_id, filename, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", recording)
+    return calls
+
+
+def test_hub_probe_tells_a_listening_endpoint_from_a_dead_one(monkeypatch):
+    import socket
+
+    import huggingface_hub.constants as hf_constants
+
+    from gsasr.registry import hub_reachable
+
+    _unreachable_hub(monkeypatch)
+    assert hub_reachable() is False
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        monkeypatch.setattr(hf_constants, "ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert hub_reachable() is True
+        monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+        assert hub_reachable() is False  # huggingface_hub's offline mode wins
+
+
+def test_hub_probe_gives_up_on_a_connection_that_hangs(monkeypatch):
+    """A firewall that drops packets (or a name lookup that never returns) must not stall loading for minutes."""
+    import threading
+    import time
+
+    from gsasr import registry
+
+    _unreachable_hub(monkeypatch)
+    release = threading.Event()
+
+    def hangs(*args, **kwargs):
+        release.wait(30)
+        raise OSError("timed out")
+
+    monkeypatch.setattr(registry.socket, "create_connection", hangs)
+    start = time.monotonic()
+    try:
+        assert registry.hub_reachable(timeout=0.2) is False
+        assert time.monotonic() - start < 5  # the probe's own timeout, not the hung call's 30 s
+    finally:
+        release.set()
+
+
+def test_unreachable_hub_reads_only_the_cache_and_tries_both_hatl_folders(monkeypatch, tmp_path: Path):
+    _unreachable_hub(monkeypatch)
+    calls = _recording_hf_hub_download(monkeypatch)
+    models = tmp_path / "models" / "gsasr"
+    with pytest.raises(ModelNotFoundError) as err:
+        gsasr.load_model("HATL_SA1B", models_dir=str(models))
+    assert [c["filename"] for c in calls] == ["GSASR_enhenced_ultra/HATL_SA1B/encoder.pth",
+                                             "GSASR_enhenced_ultra/HATL-SA1B/encoder.pth"]
+    assert all(c["local_files_only"] for c in calls)  # no network attempts, so no retries with back-off
+    message = str(err.value)
+    assert "could not be reached" in message
+    assert "GSASR_enhenced_ultra/HATL_SA1B" in message and "GSASR_enhenced_ultra/HATL-SA1B" in message
+    assert str(models / "HATL_SA1B") in message
+
+
+def test_hatl_is_found_under_its_readme_spelling(monkeypatch, tmp_path: Path):
+    """The authors' README links HATL-SA1B, their code says HATL_SA1B: a cache (or Hub) holding only the first
+    spelling still gives the model."""
+    from gsasr import registry
+
+    models = tmp_path / "models"
+    _offline_cache(monkeypatch, models / ".cache" / "huggingface", "HATL_SA1B",
+                   hf_folder="GSASR_enhenced_ultra/HATL-SA1B", offline=False)
+    _unreachable_hub(monkeypatch)
+    verified = []
+    monkeypatch.setattr(registry, "_verify", lambda release, files: verified.append(files))  # tiny files are EDSR
+    folder = download("HATL_SA1B", models)
+    assert folder == models / "HATL_SA1B" and (folder / "decoder.pth").is_file()
+    assert [Path(f).parent.name for f in verified[0]] == ["HATL-SA1B", "HATL-SA1B"]
+
+
+def test_cli_without_models_dir_names_the_hugging_face_cache(monkeypatch, tmp_path: Path, capsys):
+    import huggingface_hub.constants as hf_constants
+
+    from gsasr.cli import main
+
+    _unreachable_hub(monkeypatch)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    image = tmp_path / "in.png"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(image)
+    assert main(["upscale", "--model", "RDN_DF2K", "--scale", "2", str(image), "-o", str(tmp_path / "out.png")]) != 0
+    err = capsys.readouterr().err
+    assert str(tmp_path / "hf-cache") in err and "--models-dir" in err and "RDN_DF2K" in err
+    assert not (tmp_path / "out.png").exists()
