@@ -1,0 +1,188 @@
+"""The triton backend: how it is chosen and set up, golden images, strips, and its launch knob.
+
+Its parity with the reference on fresh inputs runs with the other native backends (test_native.py: decoder-like
+grids with |rho| -> 1 and sigma -> 0, centres off the canvas, non-square and 1-pixel canvases, regions, fp16 and
+bf16 inputs). Without a GPU it runs in Triton's interpreter on CPU tensors (tests/render/conftest.py sets
+TRITON_INTERPRET=1 for this folder): the cases stay small, the interpreter costing ~1 s per 10^4 candidate tests.
+"""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import golden_render_params, render_golden_case
+from gaussian_grids import grid_gaussians
+from tolerances import TRITON_GOLDEN_RENDER_ABS, TRITON_RENDER_ABS
+
+from gsasr import render, tiling
+from gsasr.errors import BackendUnavailableError, InvalidInputError
+from gsasr.render import _triton
+from gsasr.render.self_check import SelfCheck
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _triton_device() -> torch.device:
+    reason = render.available_backends()["triton"]
+    if reason is not None:
+        pytest.skip(f"the triton backend is unavailable: {reason}")
+    return render.backend_device("triton")
+
+
+def test_ci_runs_the_triton_backend_in_its_interpreter():
+    if os.environ.get("CI", "").lower() != "true":
+        pytest.skip("only enforced in CI (CI=true), where .ci/run installs triton")
+    assert render.available_backends()["triton"] is None, render.available_backends()["triton"]
+    assert _triton.interpreted() == (not torch.cuda.is_available())
+
+
+def test_the_kernel_is_decorated_in_the_mode_of_the_session():
+    """TRITON_INTERPRET must be set before the kernel module is first imported (conftest.py): the interpreted
+    kernel is an InterpretedFunction, and the backend then serves CPU tensors only."""
+    device = _triton_device()
+    out = render.render_gaussians(grid_gaussians(2, 2, seed=1).to(device), 2.0, (4, 4), backend="triton")
+    assert out.shape == (3, 4, 4)
+    from triton.runtime.interpreter import InterpretedFunction
+
+    module = _triton.kernel()
+    assert module.INTERPRETED == _triton.interpreted() == (device.type == "cpu")
+    assert isinstance(module.render_tiles, InterpretedFunction) == module.INTERPRETED
+    other = torch.device("cuda", 0) if module.INTERPRETED else torch.device("cpu")
+    assert "but the Gaussians are on" in render._unusable("triton", other)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: triton compiles for it")
+def test_without_a_gpu_or_the_interpreter_triton_is_unavailable_with_a_reason():
+    """A fresh process without TRITON_INTERPRET: the backend says why it cannot run; forcing it is an error."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["GSASR_RASTERIZER"] = "triton"
+    code = ("import torch; from gsasr import render; print(render.available_backends()['triton']); "
+            "render.render_gaussians(torch.zeros(2, 9), 2.0, (4, 4))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode != 0
+    assert "TRITON_INTERPRET=1" in result.stdout, result.stdout
+    assert "BackendUnavailableError: rasteriser backend 'triton' is unavailable" in result.stderr, result.stderr
+
+
+def test_gsasr_rasterizer_forces_triton(monkeypatch):
+    device = _triton_device()
+    assert render.run_self_check("triton", device).passed  # run (or cached) before the spy counts renders
+    calls = []
+    real = _triton.render
+
+    def spy(*args):
+        calls.append(args[0].shape[0])
+        return real(*args)
+
+    monkeypatch.setattr(_triton, "render", spy)
+    monkeypatch.setenv(render.ENV_VAR, "Triton ")
+    raw = grid_gaussians(3, 4, seed=2)
+    out = render.render_gaussians(raw.to(device), 3.0, (9, 12))
+    assert calls == [raw.shape[0]]
+    torch.testing.assert_close(out.cpu(), render.render_gaussians(raw, 3.0, (9, 12), backend="torch"),
+                               atol=TRITON_RENDER_ABS, rtol=0)
+
+
+def test_auto_never_picks_the_interpreter_on_the_cpu(monkeypatch):
+    monkeypatch.delenv(render.ENV_VAR, raising=False)
+    monkeypatch.setattr(render, "_compiled_cache", (None, "not built for this test"))
+    monkeypatch.setattr(render, "_fallback_logged", False)
+    assert render.AUTO_ORDER["cpu"] == ("cpu",)
+    assert render.active_backend("cpu") == "torch"
+
+
+@pytest.mark.parametrize(("cuda_passes", "triton_passes", "expected"), [
+    (True, True, "cuda"), (False, True, "triton"), (False, False, "torch")])
+def test_auto_on_a_gpu_tries_cuda_then_triton_then_torch(monkeypatch, caplog, cuda_passes, triton_passes, expected):
+    """Simulated GPU (every backend available and serving it, self-checks already run): the first backend whose
+    self-check passed wins; when none did, the warning names each one's reason."""
+    gpu = torch.device("cuda", 0)
+    monkeypatch.delenv(render.ENV_VAR, raising=False)
+    monkeypatch.setattr(render, "available_backends", lambda: dict.fromkeys(render.BACKENDS))
+    monkeypatch.setattr(render, "_serves", lambda name, device: True)
+    monkeypatch.setattr(render, "_fallback_logged", False)
+    monkeypatch.setattr(render, "_self_checks", {
+        ("cuda", "cuda:0"): SelfCheck(cuda_passes, 1e-7 if cuda_passes else 0.5, "" if cuda_passes else "bad cuda"),
+        ("triton", "cuda:0"): SelfCheck(triton_passes, 1e-7, "" if triton_passes else "bad triton")})
+    assert render.AUTO_ORDER["cuda"] == ("cuda", "triton")
+    with caplog.at_level("WARNING", logger="gsasr.render"):
+        assert render.active_backend(gpu) == expected
+    if expected == "torch":
+        assert "cuda: its self-check failed: bad cuda" in caplog.text
+        assert "triton: its self-check failed: bad triton" in caplog.text
+
+
+def _golden_subset() -> list:
+    """Every golden case with a compiled kernel; under the interpreter (~2-4 s per case) one scale per
+    architecture (x3.7: the case tests/golden keeps for a clone alone) plus EDSR at x2 and x4."""
+    params = golden_render_params()
+    if not _triton.interpreted():
+        return params
+    keep = [p for p in params if p.values[1].endswith("_x3.7") or p.values[1] in ("EDSR_23x31_x2", "EDSR_23x31_x4")]
+    return keep or params
+
+
+@pytest.mark.parametrize(("arch", "case_name"), _golden_subset())
+def test_golden_gaussians_render_to_the_official_output(arch, case_name):
+    out, expected = render_golden_case(arch, case_name, "triton", _triton_device())
+    torch.testing.assert_close(out, expected, atol=TRITON_GOLDEN_RENDER_ABS, rtol=0)
+
+
+def test_strips_match_the_reference():
+    """render_in_strips hands triton slices of whole grid rows and regions that start mid-canvas."""
+    device = _triton_device()
+    raw = grid_gaussians(10, 8, seed=4, offset=0.4)
+    canvas = (37, 29)
+    out_hw = (35, 29)
+    strips = tiling.render_in_strips(raw.to(device), 3.7, canvas, out_hw, dmax=0.1, backend="triton",
+                                     strip_bytes=3 * 4 * out_hw[1] * 6)  # 6 rows per strip
+    expected = render.render_gaussians(raw, 3.7, canvas, region=(0, 0, *out_hw), backend="torch")
+    torch.testing.assert_close(strips.cpu(), expected, atol=TRITON_RENDER_ABS, rtol=0)
+
+
+@pytest.mark.parametrize("block", ["1", "8"])
+def test_any_block_of_candidates_gives_the_reference(monkeypatch, block):
+    """GSASR_TRITON_BLOCK (for measurements) changes how many candidates a kernel step takes, not the result."""
+    device = _triton_device()
+    monkeypatch.setenv(_triton.BLOCK_ENV_VAR, block)
+    assert _triton.launch_config().block == int(block)
+    raw = grid_gaussians(3, 3, seed=6)
+    canvas = (math.floor(2.5 * 3), math.floor(2.5 * 3))
+    out = render.render_gaussians(raw.to(device), 2.5, canvas, dmax=0.3, backend="triton")
+    torch.testing.assert_close(out.cpu(), render.render_gaussians(raw, 2.5, canvas, dmax=0.3, backend="torch"),
+                               atol=TRITON_RENDER_ABS, rtol=0)
+
+
+@pytest.mark.parametrize("value", ["3", "128", "fast", "0"])
+def test_a_bad_block_setting_is_a_clear_error(monkeypatch, value):
+    monkeypatch.setenv(_triton.BLOCK_ENV_VAR, value)
+    with pytest.raises(InvalidInputError, match="GSASR_TRITON_BLOCK=.* must be a power of two from 1 to 64"):
+        _triton.launch_config()
+
+
+def test_window_boxes_are_the_exact_window_spans():
+    """The boxes the kernel skips candidates with: exactly the pixels passing the reference's float32 test."""
+    raw = grid_gaussians(4, 5, seed=8)
+    canvas, region = (15, 19), (3, 2, 9, 14)
+    terms = render.gaussian_terms(raw, 3.8, canvas)
+    radius = render.reference.support_radius(terms.sigma, 0.1)
+    boxes = _triton.window_boxes(terms.centre, radius, canvas, region)
+    gx = render.reference.pixel_coords(canvas[1], region[1], region[3])
+    gy = render.reference.pixel_coords(canvas[0], region[0], region[2])
+    inside_x = ~((gx[None, :] - terms.centre[:, :1]).abs() > radius[:, :1])
+    inside_y = ~((gy[None, :] - terms.centre[:, 1:]).abs() > radius[:, 1:])
+    hit = inside_x.any(1) & inside_y.any(1)
+    assert bool(hit.any()) and bool((~hit).any())
+    for i in range(raw.shape[0]):
+        x0, x1, y0, y1 = boxes[i].tolist()
+        if not hit[i]:
+            assert (x0, x1, y0, y1) == (1, 0, 1, 0)
+            continue
+        xs, ys = inside_x[i].nonzero().view(-1), inside_y[i].nonzero().view(-1)
+        assert (x0, x1, y0, y1) == (int(xs[0]), int(xs[-1]), int(ys[0]), int(ys[-1]))
