@@ -41,6 +41,15 @@ def test_ci_runs_the_triton_backend_in_its_interpreter():
     assert _triton.interpreted() == (not torch.cuda.is_available())
 
 
+def test_a_gpu_machine_runs_the_compiled_triton_backend():
+    """On a lent GPU (bench/device_session.sh sets GSASR_EXPECT_CUDA=1 and unsets TRITON_INTERPRET) the triton tests
+    must run the compiled kernel on the GPU, not skip or interpret."""
+    if os.environ.get("GSASR_EXPECT_CUDA") != "1":
+        pytest.skip("only enforced where GSASR_EXPECT_CUDA=1 (bench/device_session.sh on a GPU machine)")
+    assert render.available_backends()["triton"] is None, render.available_backends()["triton"]
+    assert not _triton.interpreted() and render.backend_device("triton").type == "cuda"
+
+
 def test_the_kernel_is_decorated_in_the_mode_of_the_session():
     """TRITON_INTERPRET must be set before the kernel module is first imported (conftest.py): the interpreted
     kernel is an InterpretedFunction, and the backend then serves CPU tensors only."""
