@@ -20,7 +20,7 @@ from gaussian_grids import grid_gaussians
 from tolerances import TRITON_GOLDEN_RENDER_ABS, TRITON_RENDER_ABS
 
 from gsasr import render, tiling
-from gsasr.errors import BackendUnavailableError, InvalidInputError
+from gsasr.errors import InvalidInputError
 from gsasr.render import _triton
 from gsasr.render.self_check import SelfCheck
 
