@@ -14,8 +14,8 @@ as it decorates):
 
 :func:`render` prepares what the kernel reads, as :mod:`gsasr.render._native` does for the CUDA kernel: the
 per-Gaussian terms (:func:`gsasr.render.reference.gaussian_terms`) and support radius (k =
-:data:`~gsasr.render._native.NATIVE_SIGMA_CUTOFF`), each Gaussian's exact pixel box (the reference's own window
-search), and per tile the rectangle of the Gaussian grid whose boxes can reach it.
+:data:`~gsasr.render._native.NATIVE_SIGMA_CUTOFF`), each Gaussian's pixel box (a first small Triton kernel, one
+pass over the Gaussians), and per tile the rectangle of the Gaussian grid whose boxes can reach it.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ..errors import InvalidInputError
 from . import _native
-from .reference import _span, gaussian_terms, grid_width, pixel_coords, support_radius
+from .reference import gaussian_terms, grid_width, pixel_coords, support_radius
 
 INTERPRET_ENV_VAR = "TRITON_INTERPRET"
 BLOCK_ENV_VAR = "GSASR_TRITON_BLOCK"
@@ -130,17 +130,24 @@ def launch_config() -> Launch:
     return config
 
 
-def window_boxes(centre: Tensor, radius: Tensor, canvas_hw: tuple[int, int],
-                 region: tuple[int, int, int, int]) -> Tensor:
-    """[N, 4] int32 region-local inclusive pixel boxes (x0, x1, y0, y1) of the reference's window test, (1, 0, 1, 0)
-    for a Gaussian that reaches no pixel of the region."""
+def _on(device: torch.device):
+    """Launch on ``device`` (Triton launches on the current CUDA device)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def window_boxes(params: Tensor, canvas_hw: tuple[int, int], region: tuple[int, int, int, int]) -> Tensor:
+    """[N, 4] int32 region-local inclusive pixel boxes (x0, x1, y0, y1) around the pixels each Gaussian's window
+    reaches (a superset, at most 2 pixels wider per side; the kernel tests every pixel exactly), (1, 0, 1, 0) for a
+    Gaussian that cannot reach the region. ``params`` are the kernel's [N, 11] rows."""
     canvas_h, canvas_w = canvas_hw
     y0, x0, h, w = region
-    xlo, xhi, x_ok = _span(centre[:, 0], radius[:, 0], canvas_w, x0, w)
-    ylo, yhi, y_ok = _span(centre[:, 1], radius[:, 1], canvas_h, y0, h)
-    boxes = torch.stack([xlo - x0, xhi - x0, ylo - y0, yhi - y0], dim=1)
-    empty = torch.tensor([1, 0, 1, 0], dtype=boxes.dtype, device=boxes.device)
-    return torch.where((x_ok & y_ok)[:, None], boxes, empty).to(torch.int32).contiguous()
+    n = params.shape[0]
+    boxes = torch.empty(n, 4, dtype=torch.int32, device=params.device)
+    block = 1024  # Gaussians per program: a memory-bound pass, one program per 1024
+    with _on(params.device):
+        kernel().window_boxes[(-(-n // block),)](params, boxes, n, canvas_h, canvas_w, y0, x0, h, w,
+                                                         BLOCK=block)
+    return boxes
 
 
 def render(gaussians: Tensor, scale: float | tuple[float, float], canvas_hw: tuple[int, int], dmax: float,
@@ -157,15 +164,14 @@ def render(gaussians: Tensor, scale: float | tuple[float, float], canvas_hw: tup
     terms = gaussian_terms(gaussians, scale, canvas_hw)  # float32 (fp16/bf16 upcast) on the Gaussians' device
     radius = support_radius(terms.sigma, dmax, _native.NATIVE_SIGMA_CUTOFF)
     params = torch.cat([terms.centre, radius, terms.conic, terms.colour], dim=1).contiguous()
-    boxes = window_boxes(terms.centre, radius, canvas_hw, region)
+    boxes = window_boxes(params, canvas_hw, region)
     grid_w = grid_width(gaussians.shape[0], canvas_hw, scale)
     cols, rows = _native.grid_tile_ranges(boxes, grid_w, (h, w), (config.tile_h, config.tile_w))
     canvas_h, canvas_w = canvas_hw
     gx = pixel_coords(canvas_w, x0, w, target)
     gy = pixel_coords(canvas_h, y0, h, target)
     grid = (cols.shape[0], rows.shape[0])
-    guard = torch.cuda.device(target) if target.type == "cuda" else contextlib.nullcontext()
-    with guard:
+    with _on(target):
         module.render_tiles[grid](params, boxes, cols, rows, gx, gy, out, grid_w, h, w,
                                   TILE_H=config.tile_h, TILE_W=config.tile_w, BLOCK=config.block,
                                   num_warps=config.num_warps, enable_fp_fusion=False)

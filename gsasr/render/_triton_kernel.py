@@ -34,12 +34,47 @@ CX, CY, RX, RY, A, B, C, D, RED, GREEN, BLUE, PARAMS = (tl.constexpr(k) for k in
 
 
 @triton.jit
+def _axis_box(centre, radius, n, start, length):
+    """Region-local (first, last) pixel that may pass the window test ``|coord_j - centre| <= radius`` on an axis of
+    n pixels (coord_j = 2j/(n-1) - 1; 0 on a 1-pixel axis), first > last when none can. A superset, not the exact
+    span: the float64 estimate is widened by a pixel on each side, which covers the float32 rounding of the
+    reference's test (~1e-7 of the canvas); the kernel then applies the exact test to every pixel."""
+    c = centre.to(tl.float64)
+    r = radius.to(tl.float64)
+    half = tl.where(n > 1, (n - 1) / 2.0, 1.0).to(tl.float64)
+    shift = tl.where(n > 1, 1.0, 0.0).to(tl.float64)
+    lo = tl.floor((c - r + shift) * half - start) - 1.0
+    hi = tl.ceil((c + r + shift) * half - start) + 1.0
+    empty = (hi < 0.0) | (lo > length - 1.0)
+    first = tl.minimum(tl.maximum(lo, 0.0), length - 1.0).to(tl.int32)
+    last = tl.minimum(tl.maximum(hi, 0.0), length - 1.0).to(tl.int32)
+    return tl.where(empty, 1, first), tl.where(empty, 0, last)
+
+
+@triton.jit(do_not_specialize=["n", "canvas_h", "canvas_w", "y0", "x0", "h", "w"])
+def window_boxes(params_ptr, boxes_ptr, n, canvas_h, canvas_w, y0, x0, h, w, BLOCK: tl.constexpr):
+    """boxes [N, 4] int32: each Gaussian's region-local inclusive pixel box (x0, x1, y0, y1), a superset of the pixels
+    its window reaches (see _axis_box); (1, 0, 1, 0) when it cannot reach the region."""
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = i < n
+    p = params_ptr + PARAMS * i.to(tl.int64)
+    xa, xb = _axis_box(tl.load(p + CX, mask=ok, other=0.0), tl.load(p + RX, mask=ok, other=0.0), canvas_w, x0, w)
+    ya, yb = _axis_box(tl.load(p + CY, mask=ok, other=0.0), tl.load(p + RY, mask=ok, other=0.0), canvas_h, y0, h)
+    empty = (xa > xb) | (ya > yb)
+    box = boxes_ptr + 4 * i.to(tl.int64)
+    tl.store(box, tl.where(empty, 1, xa), mask=ok)
+    tl.store(box + 1, tl.where(empty, 0, xb), mask=ok)
+    tl.store(box + 2, tl.where(empty, 1, ya), mask=ok)
+    tl.store(box + 3, tl.where(empty, 0, yb), mask=ok)
+
+
+@triton.jit(do_not_specialize=["grid_w", "h", "w"])
 def render_tiles(params_ptr, boxes_ptr, cols_ptr, rows_ptr, gx_ptr, gy_ptr, out_ptr, grid_w, h, w,
                  TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK: tl.constexpr):
     """Program (tx, ty) renders pixels [ty TILE_H, +TILE_H) x [tx TILE_W, +TILE_W) of the region into out [3, h, w].
 
-    params [N, 11] float32 (cx, cy, rx, ry, A, B, C, D, r, g, b); boxes [N, 4] int32 region-local inclusive
-    (x0, x1, y0, y1), empty when x0 > x1; cols [tiles_x, 2] / rows [tiles_y, 2] int64 first and last grid column
+    params [N, 11] float32 (cx, cy, rx, ry, A, B, C, D, r, g, b); boxes [N, 4] int32 (window_boxes), empty when
+    x0 > x1; cols [tiles_x, 2] / rows [tiles_y, 2] int64 first and last grid column
     and row of each tile's candidates (first > last: none); gx [w], gy [h] float32 pixel coordinates.
     """
     tx = tl.program_id(0)
