@@ -11,7 +11,7 @@
 # $OUT/<step>.log; what is printed is each step's tail and, last, one summary line per step (exit code, seconds,
 # its RESULT line), because the tool returns only the end of the output.
 #
-# The numbers these steps produce are the GPU targets of issues 3 and 5:
+# The numbers these steps produce are the GPU targets of issues 3, 5 and 16:
 #   render    rasteriser ms per size against the PyTorch reference, side by side: both CUDA gather kernels (cuda =
 #             scan, cuda:compact) and the triton kernel (its default block of 4 candidates per step, and 1, 8, 16);
 #             180x4 is the paper's 720^2 output, 1024x4 (16.8 M Gaussians -> 4096^2) the <= 10 ms target. Issue 16:
@@ -66,6 +66,8 @@ build_native() {
   # install.py builds for the local GPU's architecture and always exits 0: the backends line says what worked.
   "$PY" install.py
   "$PY" -c 'from gsasr.render import available_backends; print("backends:", available_backends())'
+  # every backend's self-check on the GPU (cuda and compiled triton against the reference), before any test
+  "$PY" -m gsasr info | grep -E "rasteriser|backend"
   # The kernels' resource report (registers, spills) costs no GPU time.
   for o in build/native/*/*.cuda.o; do
     [ -e "$o" ] && cuobjdump --dump-resource-usage "$o" | grep -i -E "function|reg"
