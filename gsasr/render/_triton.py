@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from types import ModuleType
 from typing import NamedTuple
 
@@ -74,8 +75,6 @@ def _triton() -> tuple[ModuleType | None, str | None]:
 
 def interpreted() -> bool:
     """Whether the kernel runs (or, not yet imported, would run) in Triton's interpreter on CPU tensors."""
-    import sys
-
     loaded = sys.modules.get(__package__ + "._triton_kernel")
     if loaded is not None:
         return bool(loaded.INTERPRETED)
@@ -143,10 +142,9 @@ def window_boxes(params: Tensor, canvas_hw: tuple[int, int], region: tuple[int, 
     y0, x0, h, w = region
     n = params.shape[0]
     boxes = torch.empty(n, 4, dtype=torch.int32, device=params.device)
-    block = 1024  # Gaussians per program: a memory-bound pass, one program per 1024
+    block = 1024  # Gaussians per program of this memory-bound pass
     with _on(params.device):
-        kernel().window_boxes[(-(-n // block),)](params, boxes, n, canvas_h, canvas_w, y0, x0, h, w,
-                                                         BLOCK=block)
+        kernel().window_boxes[(-(-n // block),)](params, boxes, n, canvas_h, canvas_w, y0, x0, h, w, BLOCK=block)
     return boxes
 
 
@@ -156,9 +154,8 @@ def render(gaussians: Tensor, scale: float | tuple[float, float], canvas_hw: tup
     Gaussians on a device this backend :func:`serves`)."""
     y0, x0, h, w = region
     target = gaussians.device
-    out = torch.zeros(3, h, w, dtype=torch.float32, device=target)
     if gaussians.shape[0] == 0:
-        return out
+        return torch.zeros(3, h, w, dtype=torch.float32, device=target)
     module = kernel()
     config = launch_config()
     terms = gaussian_terms(gaussians, scale, canvas_hw)  # float32 (fp16/bf16 upcast) on the Gaussians' device
@@ -170,6 +167,7 @@ def render(gaussians: Tensor, scale: float | tuple[float, float], canvas_hw: tup
     canvas_h, canvas_w = canvas_hw
     gx = pixel_coords(canvas_w, x0, w, target)
     gy = pixel_coords(canvas_h, y0, h, target)
+    out = torch.empty(3, h, w, dtype=torch.float32, device=target)  # the tiles cover it, each pixel written once
     grid = (cols.shape[0], rows.shape[0])
     with _on(target):
         module.render_tiles[grid](params, boxes, cols, rows, gx, gy, out, grid_w, h, w,
