@@ -4,11 +4,13 @@ Imported only by :func:`gsasr.render._triton.kernel`, on the first triton render
 ``TRITON_INTERPRET`` when it decorates the kernel (triton 3.x ``knobs.runtime.interpret``), so the mode, compiled
 for a GPU or interpreted on the CPU, is fixed by the environment at that first import, for the whole process.
 
-The design of cuda/render_cpu.cpp and cuda/render_cuda.cu: one program per output tile, which walks the Gaussians
-of its rectangle of the Gaussian grid (the host picks it from the pixel boxes, so no Gaussian that reaches the
-tile is missed), keeps the tile's float32 sums in registers and writes each pixel once: no atomics, and the order
-of the sums is fixed. Candidates are taken ``BLOCK`` at a time along a grid row; a block whose pixel boxes all
-miss the tile is skipped before any of its terms are loaded.
+Two kernels. ``window_boxes``: one pass over the Gaussians, each one's pixel box in the region (a superset of the
+pixels its window reaches). ``render_tiles``, the gather of cuda/render_cpu.cpp and cuda/render_cuda.cu: one
+program per output tile, which walks the Gaussians of its rectangle of the Gaussian grid (the host picks it from
+the boxes, so no Gaussian that reaches the tile is missed), keeps the tile's float32 sums in registers and writes
+each pixel once: no atomics, and the order of the sums is fixed. The rectangle is walked ``BLOCK`` candidates at a
+time (row-major); a block whose boxes all miss the tile is skipped before any of its terms are loaded. Every pixel
+of a tile then gets the exact window test, so the boxes only need to hold the window.
 
 The arithmetic is the reference's (gsasr/render/reference.py), term for term: the float32 window test
 ``|gx - cx| <= radius`` per axis, ``((A dx) dx - (B dx) dy + (C dy) dy) * D`` in that order (launched with
