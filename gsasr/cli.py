@@ -228,7 +228,8 @@ def cmd_info(args: argparse.Namespace) -> int:
             status = "available (the reference)"
         else:  # a native backend: its self-check, run here as its first render would run it
             on = backend_device(name)
-            status = f"available on {on}; {run_self_check(name, on).describe()}"
+            where = f"{on} (Triton's interpreter)" if name == "triton" and on.type == "cpu" else str(on)
+            status = f"available on {where}; {run_self_check(name, on).describe()}"
         rows.append((f"  backend {name}", status))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:

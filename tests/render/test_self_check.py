@@ -109,4 +109,4 @@ def test_info_shows_each_native_backends_self_check(capsys):
         if reason is not None:
             assert "unavailable: " in line
         elif name != "torch":
-            assert re.search(r"available on \S+; self-check passed, max error \d\.\de-\d\d$", line), line
+            assert re.search(r"available on [^;]+; self-check passed, max error \d\.\de-\d\d$", line), line
