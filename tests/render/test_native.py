@@ -15,7 +15,7 @@ import sys
 
 import pytest
 import torch
-from conftest import golden_render_params, render_golden_case
+from conftest import golden_render_params, render_golden_case, tiny_networks
 from gaussian_grids import grid_gaussians
 from tolerances import NATIVE_GOLDEN_RENDER_ABS, NATIVE_RENDER_ABS, TRITON_RENDER_ABS
 
@@ -205,6 +205,18 @@ def test_wide_and_strongly_correlated_gaussians_match_the_reference(backend):
     raw[:, 2] = torch.randn(raw.shape[0], generator=gen) * 4.0  # rho = tanh(...) mostly near +-1
     raw[:, 0:2] = torch.randn(raw.shape[0], 2, generator=gen) + 1.5  # sigma towards 1 (wide)
     _assert_matches_reference(raw, backend, 4.0, (48, 40))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_fresh_decoders_gaussians_match_the_reference(backend, dtype):
+    """Real decoder output (a tiny random GSASR on a random image), as the model hands it to the renderer; bf16 as
+    an amp decoder head would give it."""
+    encoder, decoder = tiny_networks()
+    image = torch.rand(1, 3, 8, 12, generator=torch.Generator().manual_seed(21))
+    with torch.no_grad():
+        raw = decoder(encoder(image), 3.7)[0].to(dtype)
+    assert raw.shape == (16 * 8 * 12, 9)
+    _assert_matches_reference(raw, backend, 3.7, (math.floor(3.7 * 8), math.floor(3.7 * 12)))
 
 
 def test_empty_inputs_render_black(backend):
