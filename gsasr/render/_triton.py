@@ -144,7 +144,8 @@ def window_boxes(params: Tensor, canvas_hw: tuple[int, int], region: tuple[int, 
     boxes = torch.empty(n, 4, dtype=torch.int32, device=params.device)
     block = 1024  # Gaussians per program of this memory-bound pass
     with _on(params.device):
-        kernel().window_boxes[(-(-n // block),)](params, boxes, n, canvas_h, canvas_w, y0, x0, h, w, BLOCK=block)
+        kernel().window_boxes[(-(-n // block),)](params, boxes, n, canvas_h, canvas_w, y0, x0, h, w, BLOCK=block,
+                                                 enable_fp_fusion=False)
     return boxes
 
 

@@ -7,6 +7,7 @@ TRITON_INTERPRET=1 for this folder): the cases stay small, the interpreter costi
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -25,6 +26,32 @@ from gsasr.render import _triton
 from gsasr.render.self_check import SelfCheck
 
 REPO = Path(__file__).resolve().parents[2]
+
+# Run in a fresh process without TRITON_INTERPRET (this session's kernel module is interpreted): compile both kernels
+# ahead of time for an H100 (sm_90) with the ptxas bundled in triton's wheel, and print the render kernel's PTX
+# multiply-adds per candidate block size.
+_COMPILE_FOR_SM90 = """
+import json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from gsasr.render import _triton, _triton_kernel as k
+target = GPUTarget("cuda", 90, 32)
+ptr = {"params_ptr": "*fp32", "boxes_ptr": "*i32"}
+config = _triton.LAUNCH["compiled"]
+options = {"num_warps": config.num_warps, "enable_fp_fusion": False}
+sig = {**ptr, "cols_ptr": "*i64", "rows_ptr": "*i64", "gx_ptr": "*fp32", "gy_ptr": "*fp32", "out_ptr": "*fp32",
+       "grid_w": "i32", "h": "i32", "w": "i32", "TILE_H": "constexpr", "TILE_W": "constexpr", "BLOCK": "constexpr"}
+fma = {}
+for block in sorted({1, config.block, 16}):
+    src = ASTSource(fn=k.render_tiles, signature=sig,
+                    constexprs={"TILE_H": config.tile_h, "TILE_W": config.tile_w, "BLOCK": block})
+    fma[block] = triton.compile(src, target=target, options=options).asm["ptx"].count("fma.rn.f32")
+sig = {**ptr, **dict.fromkeys(["n", "canvas_h", "canvas_w", "y0", "x0", "h", "w"], "i32"), "BLOCK": "constexpr"}
+triton.compile(ASTSource(fn=k.window_boxes, signature=sig, constexprs={"BLOCK": 1024}), target=target,
+               options=options)
+print(json.dumps({"interpreted": k.INTERPRETED, "fma": fma}))
+"""
 
 
 def _triton_device() -> torch.device:
@@ -48,6 +75,27 @@ def test_a_gpu_machine_runs_the_compiled_triton_backend():
         pytest.skip("only enforced where GSASR_EXPECT_CUDA=1 (bench/device_session.sh on a GPU machine)")
     assert render.available_backends()["triton"] is None, render.available_backends()["triton"]
     assert not _triton.interpreted() and render.backend_device("triton").type == "cuda"
+
+
+def test_the_kernels_compile_for_a_gpu_without_fused_multiply_adds():
+    """The compiled path, checked without a GPU: both kernels go through Triton's whole NVIDIA pipeline (TTIR, TTGIR,
+    LLVM, PTX, ptxas) for sm_90, and the render kernel has no fused multiply-add (enable_fp_fusion=False: an FMA
+    changes the weight when |rho| -> 1)."""
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed")
+    from triton.backends import backends
+
+    if "nvidia" not in backends:
+        pytest.skip("this triton build has no NVIDIA backend")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["interpreted"] is False
+    assert set(report["fma"].values()) == {0}, report
 
 
 def test_the_kernel_is_decorated_in_the_mode_of_the_session():
