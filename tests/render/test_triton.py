@@ -29,14 +29,17 @@ REPO = Path(__file__).resolve().parents[2]
 
 # Run in a fresh process without TRITON_INTERPRET (this session's kernel module is interpreted): compile both kernels
 # ahead of time for an H100 (sm_90) with the ptxas bundled in triton's wheel, and print the render kernel's PTX
-# multiply-adds per candidate block size.
+# multiply-adds per candidate block size; then, where this triton has its AMD backend, both kernels for an MI300
+# (gfx942; there LLVM's exp lowering keeps two multiply-adds of its own per weight: only compiling is checked).
 _COMPILE_FOR_SM90 = """
 import json, sys
 import triton
+from triton.backends import backends
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from gsasr.render import _triton, _triton_kernel as k
-target = GPUTarget("cuda", 90, 32)
+targets = [GPUTarget("cuda", 90, 32)] + ([GPUTarget("hip", "gfx942", 64)] if "amd" in backends else [])
+target = targets[0]
 ptr = {"params_ptr": "*fp32", "boxes_ptr": "*i32"}
 config = _triton.LAUNCH["compiled"]
 options = {"num_warps": config.num_warps, "enable_fp_fusion": False}
@@ -47,10 +50,14 @@ for block in sorted({1, config.block, 16}):
     src = ASTSource(fn=k.render_tiles, signature=sig,
                     constexprs={"TILE_H": config.tile_h, "TILE_W": config.tile_w, "BLOCK": block})
     fma[block] = triton.compile(src, target=target, options=options).asm["ptx"].count("fma.rn.f32")
+render_sig = sig
 sig = {**ptr, **dict.fromkeys(["n", "canvas_h", "canvas_w", "y0", "x0", "h", "w"], "i32"), "BLOCK": "constexpr"}
-triton.compile(ASTSource(fn=k.window_boxes, signature=sig, constexprs={"BLOCK": 1024}), target=target,
-               options=options)
-print(json.dumps({"interpreted": k.INTERPRETED, "fma": fma}))
+for target in targets:
+    triton.compile(ASTSource(fn=k.window_boxes, signature=sig, constexprs={"BLOCK": 1024}), target=target,
+                   options=options)
+    triton.compile(ASTSource(fn=k.render_tiles, signature=render_sig, constexprs={
+        "TILE_H": config.tile_h, "TILE_W": config.tile_w, "BLOCK": config.block}), target=target, options=options)
+print(json.dumps({"interpreted": k.INTERPRETED, "fma": fma, "targets": [t.backend for t in targets]}))
 """
 
 
@@ -80,7 +87,7 @@ def test_a_gpu_machine_runs_the_compiled_triton_backend():
 def test_the_kernels_compile_for_a_gpu_without_fused_multiply_adds():
     """The compiled path, checked without a GPU: both kernels go through Triton's whole NVIDIA pipeline (TTIR, TTGIR,
     LLVM, PTX, ptxas) for sm_90, and the render kernel has no fused multiply-add (enable_fp_fusion=False: an FMA
-    changes the weight when |rho| -> 1)."""
+    changes the weight when |rho| -> 1); and through the AMD pipeline for gfx942 where triton has it."""
     import importlib.util
 
     if importlib.util.find_spec("triton") is None:
@@ -94,7 +101,7 @@ def test_the_kernels_compile_for_a_gpu_without_fused_multiply_adds():
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["interpreted"] is False
+    assert report["interpreted"] is False and report["targets"][0] == "cuda"
     assert set(report["fma"].values()) == {0}, report
 
 
