@@ -198,7 +198,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
     from . import __version__
-    from .render import active_backend, available_backends
+    from .render import active_backend, available_backends, backend_device, run_self_check
 
     def version(module: str) -> str:
         try:
@@ -209,7 +209,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             return "not installed"
 
     rows = [("gsasr", __version__), ("python", platform.python_version()), ("torch", torch.__version__)]
-    rows += [(m, version(m)) for m in ("numpy", "pillow", "safetensors", "huggingface_hub")]
+    rows += [(m, version(m)) for m in ("numpy", "pillow", "safetensors", "huggingface_hub", "triton")]
     rows.append(("cpu threads", str(torch.get_num_threads())))
     if torch.cuda.is_available():
         names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
@@ -222,7 +222,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     rows.append(("default device", str(device)))
     rows.append(("rasteriser", f"{active_backend(device)} (active on {device})"))
     for name, reason in available_backends().items():
-        rows.append((f"  backend {name}", "available" if reason is None else f"unavailable: {reason}"))
+        if reason is not None:
+            status = f"unavailable: {reason}"
+        elif name == "torch":
+            status = "available (the reference)"
+        else:  # a native backend: its self-check, run here as its first render would run it
+            on = backend_device(name)
+            where = f"{on} (Triton's interpreter)" if name == "triton" and on.type == "cpu" else str(on)
+            status = f"available on {where}; {run_self_check(name, on).describe()}"
+        rows.append((f"  backend {name}", status))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")

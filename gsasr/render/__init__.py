@@ -6,11 +6,19 @@ Backends:
 * ``"cpu"`` and ``"cuda"``: the compiled kernels (``cuda/``, built by ``python install.py``), loaded lazily by
   :mod:`gsasr.render._native` on first use, never at import time, and never compiled mid-run unless
   ``GSASR_JIT=1``.
-* ``"auto"`` (default): the fastest backend available for the Gaussians' device, falling back to ``"torch"``
-  with one logged warning per process.
+* ``"triton"``: the Triton kernel (:mod:`gsasr.render._triton`), compiled at run time for the GPU, no C++
+  toolchain needed; ``triton`` is optional. With ``TRITON_INTERPRET=1`` it runs in Triton's interpreter on CPU
+  tensors instead (slow; that is how it is tested without a GPU).
+* ``"auto"`` (default): the first backend that works for the Gaussians' device, in the order of
+  :data:`AUTO_ORDER` (on an NVIDIA or AMD GPU: cuda, then triton; on the CPU: cpu), else ``"torch"``, with one
+  logged warning per process.
 
-The environment variable ``GSASR_RASTERIZER`` (torch, cpu, cuda or auto) forces a backend when the caller leaves
-``backend="auto"``; an explicit ``backend=`` argument wins over it.
+Every native backend (cpu, cuda, triton) is checked the first time it renders on a device in a process
+(:mod:`gsasr.render.self_check`): if it disagrees with the reference on a small fixed case, or raises, it is
+switched off for the process with one logged error, and ``"auto"`` moves on to the next backend.
+
+The environment variable ``GSASR_RASTERIZER`` (torch, cpu, cuda, triton or auto) forces a backend when the caller
+leaves ``backend="auto"``; an explicit ``backend=`` argument wins over it.
 """
 from __future__ import annotations
 
@@ -24,18 +32,25 @@ from torch import Tensor
 
 from ..errors import BackendUnavailableError, InvalidInputError
 from ..finite import all_finite
-from . import reference
+from . import reference, self_check
 from .reference import DEFAULT_DMAX, SIGMA_CUTOFF, GaussianTerms, gaussian_terms
+from .self_check import SelfCheck
 
-__all__ = ["render_gaussians", "available_backends", "active_backend", "BACKENDS", "ENV_VAR", "DEFAULT_DMAX",
-           "SIGMA_CUTOFF", "GaussianTerms", "gaussian_terms"]
+__all__ = ["render_gaussians", "available_backends", "active_backend", "backend_device", "run_self_check",
+           "BACKENDS", "AUTO_ORDER", "ENV_VAR", "DEFAULT_DMAX", "SIGMA_CUTOFF", "GaussianTerms", "gaussian_terms"]
 
-BACKENDS: tuple[str, ...] = ("torch", "cpu", "cuda")
+BACKENDS: tuple[str, ...] = ("torch", "cpu", "cuda", "triton")
+NATIVE_BACKENDS: tuple[str, ...] = ("cpu", "cuda", "triton")
+AUTO_ORDER: dict[str, tuple[str, ...]] = {"cuda": ("cuda", "triton"), "xpu": ("triton",), "cpu": ("cpu",)}
+"""Device type -> the native backends ``"auto"`` tries, in order, before the reference. The triton interpreter is
+never chosen automatically (it is for tests)."""
 ENV_VAR = "GSASR_RASTERIZER"
 
 # (module, None) once the compiled module loaded, (None, reason) once it failed; None before the first try.
 _compiled_cache: tuple[ModuleType | None, str | None] | None = None
 _fallback_logged = False
+# (backend, device) -> its self-check, run the first time the backend renders on that device in this process.
+_self_checks: dict[tuple[str, str], SelfCheck] = {}
 logger = logging.getLogger(__name__)
 
 
@@ -53,7 +68,10 @@ def _compiled() -> tuple[ModuleType | None, str | None]:
 
 
 def available_backends() -> dict[str, str | None]:
-    """Each backend name -> None when it can be used in this process, else the reason it cannot."""
+    """Each backend name -> None when it can be used in this process, else the reason it cannot.
+
+    (A backend that failed its self-check on a device is still listed as available: see :func:`run_self_check`.)
+    """
     module, reason = _compiled()
     status: dict[str, str | None] = {"torch": None}
     status["cpu"] = reason
@@ -67,7 +85,23 @@ def available_backends() -> dict[str, str | None]:
         status["cuda"] = "PyTorch sees no CUDA device"
     else:
         status["cuda"] = None
+    from . import _triton
+
+    status["triton"] = _triton.unavailable_reason()
     return status
+
+
+def backend_device(name: str) -> torch.device | None:
+    """The device whose tensors backend ``name`` renders here (its self-check's device), None if unavailable."""
+    if name != "torch" and available_backends()[name] is not None:
+        return None
+    if name == "triton":
+        from . import _triton
+
+        return _triton.device()
+    if name == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def _requested(backend: str) -> str:
@@ -84,27 +118,89 @@ def _requested(backend: str) -> str:
     return name
 
 
-def _device_backend(device: torch.device) -> str:
-    """The compiled backend that serves tensors on ``device`` (the torch backend serves every device)."""
-    return "cuda" if device.type == "cuda" else "cpu" if device.type == "cpu" else "torch"
+def _serves(name: str, device: torch.device) -> bool:
+    """Whether backend ``name`` renders tensors on ``device`` (the torch backend serves every device)."""
+    if name == "triton":
+        from . import _triton
+
+        return _triton.serves(device)
+    return name == "torch" or device.type == name
+
+
+def _render_native(name: str, gaussians: Tensor, scale: float | tuple[float, float], canvas_hw: tuple[int, int],
+                   dmax: float, region: tuple[int, int, int, int]) -> Tensor:
+    """Render with native backend ``name`` (available, serving the Gaussians' device; inputs checked)."""
+    if name == "triton":
+        from . import _triton
+
+        return _triton.render(gaussians, scale, canvas_hw, dmax, region)
+    from . import _native as native
+
+    return native.render(_compiled()[0], gaussians, scale, canvas_hw, dmax, region)
+
+
+def _device_key(device: torch.device) -> str:
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return str(device)
+
+
+def run_self_check(name: str, device: torch.device | str) -> SelfCheck:
+    """The self-check of native backend ``name`` on ``device``, run now if this process has not run it yet.
+
+    The backend must be available and serve ``device``. A failure is logged once, as an error naming the backend
+    and why, and switches the backend off on that device for the process.
+    """
+    device = torch.device(device)
+    key = (name, _device_key(device))
+    if key not in _self_checks:
+        result = self_check.run(lambda *args: _render_native(name, *args), device)
+        _self_checks[key] = result
+        if not result.passed:
+            logger.error("GSASR: the %s rasteriser is switched off on %s for this process: its %s.", name, key[1],
+                         result.describe())
+    return _self_checks[key]
+
+
+def _unusable(name: str, device: torch.device) -> str | None:
+    """None when native backend ``name`` can render Gaussians on ``device`` (its self-check run and passed), else
+    why not."""
+    reason = available_backends()[name]
+    if reason is None and not _serves(name, device):
+        if name == "triton":
+            from . import _triton
+
+            mode = "interpreted (TRITON_INTERPRET=1): CPU" if _triton.interpreted() else "compiled: GPU"
+            reason = f"the triton backend renders {mode} tensors, but the Gaussians are on {device}"
+        else:
+            reason = f"the {name} backend renders {name.upper()} tensors, but the Gaussians are on {device}"
+    if reason is None:
+        check = run_self_check(name, device)
+        if not check.passed:
+            reason = f"its {check.describe()} (on {_device_key(device)})"
+    return reason
 
 
 def active_backend(device: torch.device | str) -> str:
-    """The backend ``backend="auto"`` uses for Gaussians on ``device`` (``GSASR_RASTERIZER`` included)."""
+    """The backend ``backend="auto"`` uses for Gaussians on ``device`` (``GSASR_RASTERIZER`` included).
+
+    Runs the self-check of each native backend it considers, as the first render would.
+    """
     device = torch.device(device)
     name = _requested("auto")
     if name != "auto":
         return name
-    native = _device_backend(device)
-    if native == "torch":
-        return "torch"
-    reason = available_backends()[native]
-    if reason is None:
-        return native
+    reasons = []
+    for candidate in AUTO_ORDER.get(device.type, ()):
+        reason = _unusable(candidate, device)
+        if reason is None:
+            return candidate
+        reasons.append((candidate, reason))
     global _fallback_logged
-    if not _fallback_logged:  # once per process: every render would otherwise repeat it
+    if reasons and not _fallback_logged:  # once per process: every render would otherwise repeat it
         _fallback_logged = True
-        logger.warning("GSASR: rendering with the slower PyTorch reference: %s.", reason)
+        why = reasons[0][1] if len(reasons) == 1 else "; ".join(f"{n}: {r}" for n, r in reasons)
+        logger.warning("GSASR: rendering with the slower PyTorch reference: %s.", why)
     return "torch"
 
 
@@ -114,9 +210,7 @@ def _resolve(backend: str, device: torch.device) -> str:
         return active_backend(device)
     if name == "torch":
         return name
-    reason = available_backends()[name]
-    if reason is None and _device_backend(device) != name:
-        reason = f"the {name} backend renders {name.upper()} tensors, but the Gaussians are on {device}"
+    reason = _unusable(name, device)
     if reason is not None:
         raise BackendUnavailableError(f"rasteriser backend {name!r} is unavailable: {reason}. Use backend='torch' "
                                       f"or 'auto' to render with the PyTorch reference.")
@@ -187,21 +281,19 @@ def render_gaussians(gaussians: Tensor, scale: float | tuple[float, float], canv
         dmax: support window half-width in align-corners normalised units of the whole canvas (official 0.1).
         region: optional ``(y0, x0, h, w)`` window of the canvas; the result equals the same crop of the full
             render (tiles and strips stay seamless).
-        backend: "auto", "torch", "cpu" or "cuda" (see the module docstring).
+        backend: "auto", "torch", "cpu", "cuda" or "triton" (see the module docstring).
 
     Returns:
         [3, h, w] float32 on ``gaussians.device`` (h, w: the region's size, else the canvas's).
 
     Raises:
         InvalidInputError: malformed Gaussians, scale, canvas, dmax or region.
-        BackendUnavailableError: an explicitly requested backend cannot run here (the message says why).
+        BackendUnavailableError: an explicitly requested backend cannot run here, or failed its self-check here
+            (the message says why).
     """
     scales, canvas, box = _check_inputs(gaussians, scale, canvas_hw, dmax, region)
     name = _resolve(backend, gaussians.device)
     scale_arg: float | tuple[float, float] = scales[0] if scales[0] == scales[1] else scales
     if name == "torch":
         return reference.render_gaussians(gaussians, scale_arg, canvas, dmax=float(dmax), region=box)
-    module, _ = _compiled()
-    from . import _native as native
-
-    return native.render(module, gaussians, scale_arg, canvas, float(dmax), box)
+    return _render_native(name, gaussians, scale_arg, canvas, float(dmax), box)

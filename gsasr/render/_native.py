@@ -105,6 +105,25 @@ def tile_ranges(first: Tensor, last: Tensor, length: int, tile: int) -> Tensor:
     return torch.stack([lo, hi], dim=1).long().contiguous()
 
 
+def grid_tile_ranges(boxes: Tensor, grid_w: int, region_hw: tuple[int, int],
+                     tile_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """(cols [tiles_x, 2], rows [tiles_y, 2]) int64: per tile column (row) of the region, the first and last column
+    (row) of the Gaussian grid (row-major, ``grid_w`` per row) whose boxes' union meets it (step 3 above).
+
+    ``boxes`` [N, 4] are region-local inclusive (x0, x1, y0, y1), empty where x0 > x1.
+    """
+    h, w = region_hw
+    tile_h, tile_w = tile_hw
+    empty = boxes[:, 0] > boxes[:, 1]
+    big = torch.iinfo(torch.int32).max
+    lo_x = boxes[:, 0].masked_fill(empty, big).view(-1, grid_w)
+    hi_x = boxes[:, 1].masked_fill(empty, -1).view(-1, grid_w)
+    lo_y = boxes[:, 2].masked_fill(empty, big).view(-1, grid_w)
+    hi_y = boxes[:, 3].masked_fill(empty, -1).view(-1, grid_w)
+    return (tile_ranges(lo_x.amin(dim=0), hi_x.amax(dim=0), w, tile_w),
+            tile_ranges(lo_y.amin(dim=1), hi_y.amax(dim=1), h, tile_h))
+
+
 def render(ext: ModuleType, gaussians: Tensor, scale: float | tuple[float, float], canvas_hw: tuple[int, int],
            dmax: float, region: tuple[int, int, int, int]) -> Tensor:
     """Render with the compiled kernels; same contract as :func:`gsasr.render.render_gaussians` (inputs checked)."""
@@ -151,15 +170,8 @@ def render_with_ranges(ext: ModuleType, gaussians: Tensor, scale: float | tuple[
     boxes = ext.boxes(params, canvas_h, canvas_w, y0, x0, h, w)
 
     grid_w = grid_width(gaussians.shape[0], canvas_hw, scale)
-    empty = boxes[:, 0] > boxes[:, 1]
-    big = torch.iinfo(torch.int32).max
-    lo_x = boxes[:, 0].masked_fill(empty, big).view(-1, grid_w)
-    hi_x = boxes[:, 1].masked_fill(empty, -1).view(-1, grid_w)
-    lo_y = boxes[:, 2].masked_fill(empty, big).view(-1, grid_w)
-    hi_y = boxes[:, 3].masked_fill(empty, -1).view(-1, grid_w)
     tile = TILE["cuda" if gaussians.device.type == "cuda" else "cpu"]
-    cols = tile_ranges(lo_x.amin(dim=0), hi_x.amax(dim=0), w, tile)
-    rows = tile_ranges(lo_y.amin(dim=1), hi_y.amax(dim=1), h, tile)
+    cols, rows = grid_tile_ranges(boxes, grid_w, (h, w), (tile, tile))
     kernel = ext.render_compact if gaussians.device.type == "cuda" and cuda_gather() == "compact" else ext.render
     return kernel(params, boxes, cols, rows, grid_w, tile, canvas_h, canvas_w, y0, x0, h, w)
 

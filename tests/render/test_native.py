@@ -1,7 +1,10 @@
-"""The compiled rasterisers (cpu, cuda) against the PyTorch reference, on fresh random inputs and golden data.
+"""The native rasterisers (cpu, cuda, triton) against the PyTorch reference, on fresh random inputs and golden data.
 
-Every available compiled backend is compared with ``backend="torch"``; a backend that is not built here skips
-with the build's reason, except in CI (CI=true), where the cpu backend must exist (.ci/run builds it).
+Every available native backend is compared with ``backend="torch"``; a backend that is not built here skips
+with the build's reason, except in CI (CI=true), where the cpu backend must exist (.ci/run builds it) and triton
+runs in its interpreter on CPU tensors (.ci/run installs it; tests/render/conftest.py sets TRITON_INTERPRET where
+there is no GPU). Tests of the compiled module's own entry points take the ``compiled_backend`` fixture; the triton
+golden cases and the triton-only checks are in test_triton.py.
 """
 from __future__ import annotations
 
@@ -12,9 +15,9 @@ import sys
 
 import pytest
 import torch
-from conftest import golden_render_params, render_golden_case
+from conftest import golden_render_params, render_golden_case, tiny_networks
 from gaussian_grids import grid_gaussians
-from tolerances import NATIVE_GOLDEN_RENDER_ABS, NATIVE_RENDER_ABS
+from tolerances import NATIVE_GOLDEN_RENDER_ABS, NATIVE_RENDER_ABS, TRITON_RENDER_ABS
 
 from gsasr import render
 from gsasr.errors import BackendUnavailableError, InvalidInputError
@@ -22,19 +25,32 @@ from gsasr.render import _build, _native, reference
 
 
 def _device(backend: str) -> torch.device:
+    """The device backend renders here (triton: the GPU, or the CPU under its interpreter), or skip."""
     reason = render.available_backends()[backend]
     if reason is not None:
         pytest.skip(f"the {backend} backend is unavailable: {reason}")
-    return torch.device(backend)
+    return render.backend_device(backend)
 
 
-@pytest.fixture(params=["cpu", "cuda", "cuda-compact"])
-def backend(request, monkeypatch) -> str:
-    """A compiled backend; "cuda-compact" is the cuda backend with its compact gather kernel (GSASR_CUDA_GATHER)."""
-    name, _, gather = request.param.partition("-")
+def _select(param: str, monkeypatch) -> str:
+    """The backend named by a fixture param ("cuda-compact": cuda with its compact gather kernel, set through
+    GSASR_CUDA_GATHER), or skip."""
+    name, _, gather = param.partition("-")
     _device(name)
     monkeypatch.setenv(_native.CUDA_GATHER_ENV_VAR, gather or _native.CUDA_GATHERS[0])
     return name
+
+
+@pytest.fixture(params=["cpu", "cuda", "cuda-compact"])
+def compiled_backend(request, monkeypatch) -> str:
+    """A backend of the compiled module."""
+    return _select(request.param, monkeypatch)
+
+
+@pytest.fixture(params=["cpu", "cuda", "cuda-compact", "triton"])
+def backend(request, monkeypatch) -> str:
+    """A native backend: the compiled module's, or triton."""
+    return _select(request.param, monkeypatch)
 
 
 def _random_gaussians(n: int, seed: int) -> torch.Tensor:
@@ -47,11 +63,13 @@ def _random_gaussians(n: int, seed: int) -> torch.Tensor:
 
 
 def _assert_matches_reference(raw: torch.Tensor, backend: str, scale, canvas, **kwargs) -> None:
+    device = _device(backend)
     expected = render.render_gaussians(raw, scale, canvas, backend="torch", **kwargs)
-    out = render.render_gaussians(raw.to(_device(backend)), scale, canvas, backend=backend, **kwargs)
-    assert out.device.type == backend and out.dtype == torch.float32 and out.shape == expected.shape
+    out = render.render_gaussians(raw.to(device), scale, canvas, backend=backend, **kwargs)
+    assert out.device == device and out.dtype == torch.float32 and out.shape == expected.shape
     assert bool(torch.isfinite(out).all())
-    torch.testing.assert_close(out.cpu(), expected, atol=NATIVE_RENDER_ABS, rtol=0)
+    tolerance = TRITON_RENDER_ABS if backend == "triton" else NATIVE_RENDER_ABS
+    torch.testing.assert_close(out.cpu(), expected, atol=tolerance, rtol=0)
 
 
 def test_ci_builds_the_cpu_backend():
@@ -164,11 +182,11 @@ def test_a_large_tight_offset_grid_matches_the_reference(backend):
 
 
 @pytest.mark.parametrize("case", ["grid", "random", "region"])
-def test_the_generic_entry_point_matches_the_reference(backend, case):
+def test_the_generic_entry_point_matches_the_reference(compiled_backend, case):
     # On the CPU, render_gaussians takes ext.render_terms; ext.render (boxes and tile ranges given, whole boxes)
     # must stay exact too.
     ext, _ = render._compiled()
-    device = _device(backend)
+    device = _device(compiled_backend)
     raw, scale, canvas, dmax, region = {
         "grid": (grid_gaussians(9, 11, seed=1), 3.7, (33, 40), 0.1, (0, 0, 33, 40)),
         "random": (_random_gaussians(80, seed=2), 3.0, (40, 70), 0.3, (0, 0, 40, 70)),
@@ -189,20 +207,32 @@ def test_wide_and_strongly_correlated_gaussians_match_the_reference(backend):
     _assert_matches_reference(raw, backend, 4.0, (48, 40))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_fresh_decoders_gaussians_match_the_reference(backend, dtype):
+    """Real decoder output (a tiny random GSASR on a random image), as the model hands it to the renderer; bf16 as
+    an amp decoder head would give it."""
+    encoder, decoder = tiny_networks()
+    image = torch.rand(1, 3, 8, 12, generator=torch.Generator().manual_seed(21))
+    with torch.no_grad():
+        raw = decoder(encoder(image), 3.7)[0].to(dtype)
+    assert raw.shape == (16 * 8 * 12, 9)
+    _assert_matches_reference(raw, backend, 3.7, (math.floor(3.7 * 8), math.floor(3.7 * 12)))
+
+
 def test_empty_inputs_render_black(backend):
     out = render.render_gaussians(torch.zeros(0, 9, device=_device(backend)), 2.0, (5, 6), backend=backend)
     assert torch.equal(out.cpu(), torch.zeros(3, 5, 6))
 
 
 @pytest.mark.parametrize(("arch", "case_name"), golden_render_params())
-def test_golden_gaussians_render_to_the_official_output(backend, arch, case_name):
-    out, expected = render_golden_case(arch, case_name, backend, _device(backend))
+def test_golden_gaussians_render_to_the_official_output(compiled_backend, arch, case_name):
+    out, expected = render_golden_case(arch, case_name, compiled_backend, _device(compiled_backend))
     torch.testing.assert_close(out, expected, atol=NATIVE_GOLDEN_RENDER_ABS, rtol=0)
 
 
-def test_the_extension_checks_its_inputs(backend):
+def test_the_extension_checks_its_inputs(compiled_backend):
     ext, _ = render._compiled()
-    device = _device(backend)
+    device = _device(compiled_backend)
     params = torch.zeros(4, 11, device=device)
     with pytest.raises(RuntimeError, match="params must be"):
         ext.boxes(params[:, :9], 4, 4, 0, 0, 4, 4)
@@ -213,7 +243,7 @@ def test_the_extension_checks_its_inputs(backend):
     boxes = ext.boxes(params, 4, 4, 0, 0, 4, 4)
     ranges = torch.tensor([[0, 9]], device=device)  # past the 1 x 4 grid
     with pytest.raises(RuntimeError, match="outside the grid"):
-        ext.render(params, boxes, ranges, torch.tensor([[0, 0]], device=device), 4, _native.TILE[backend],
+        ext.render(params, boxes, ranges, torch.tensor([[0, 0]], device=device), 4, _native.TILE[compiled_backend],
                    4, 4, 0, 0, 4, 4)
 
 

@@ -39,7 +39,7 @@ def _raw(n: int, seed: int, spread: float) -> torch.Tensor:
 def _assert_bitwise(ext, raw: torch.Tensor, scale, canvas) -> None:
     expected = gaussian_terms(raw, scale, canvas)
     got = _native.cpu_terms(ext, raw, scale, canvas)
-    for name, want, have in zip(expected._fields, expected, got):
+    for name, want, have in zip(expected._fields, expected, got, strict=True):
         assert have.dtype == torch.float32 and have.shape == want.shape, name
         mismatch = (have.view(torch.int32) != want.view(torch.int32)).nonzero()
         assert mismatch.numel() == 0, f"{name}: {mismatch.shape[0]} values differ, first at {mismatch[0].tolist()}"
