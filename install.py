@@ -25,6 +25,7 @@ def main() -> int:
         return 0
     from gsasr.render import _build
 
+    _report_triton()
     no_cuda = _build.cuda_reason()
     attempts = [True, False] if no_cuda is None else [False]
     print(f"[GSASR install] torch {torch.__version__}, Python {sys.version.split()[0]}; building the native "
@@ -47,6 +48,23 @@ def main() -> int:
     print("[GSASR install] the native rasteriser could not be built; GSASR still works with the slower PyTorch "
           "reference. Install a C++ compiler (g++ or MSVC Build Tools) and ninja, then run `python install.py`.")
     return 0
+
+
+def _report_triton() -> None:
+    """Triton needs no build: say whether it can render GPU images here, since it is the fast path on a GPU when
+    nvcc is missing (most ComfyUI installs)."""
+    import importlib.util
+
+    from gsasr.render import _triton
+
+    if importlib.util.find_spec("triton") is None:
+        state = ("not installed (optional: it renders on NVIDIA/AMD GPUs without nvcc; PyTorch's CUDA wheels for "
+                 "Linux include it, on Windows `pip install triton-windows`)")
+    elif _triton.unavailable_reason() is None:
+        state = "available (compiles at run time, no nvcc needed)"
+    else:
+        state = "installed, but PyTorch sees no GPU for it here"
+    print(f"[GSASR install] triton backend: {state}")
 
 
 if __name__ == "__main__":
