@@ -71,7 +71,7 @@ class GSASRUpscaleToSize(io.ComfyNode):
             node_id="GSASRUpscaleToSize",
             display_name="GSASR Upscale to Size",
             category="image/upscaling",
-            search_aliases=["upscale to size", "resize to", "1080p", "2160p", "UHD", "video upscale",
+            search_aliases=["upscale to size", "resize to", "2160p", "UHD", "video upscale",
                             *SEARCH_ALIASES],
             description="Upscales images to a size: fit inside width x height (e.g. 3840 x 2160 for 4K), exactly "
                         "width x height, a longest side, or a number of megapixels.",
