@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -98,16 +97,24 @@ def test_gsasr_vs_plain_resize_workflow(setup):
     assert _output_sizes(summary) == [[1024 + 16 + 1024, 1024]]  # two x4 crops of 256, 16 px apart
 
 
-def test_text_to_image_4k_workflow(setup):
+def _sd15_checkpoint(setup: dict) -> Path:
+    """An SD 1.5 checkpoint in the models folder: ``COMFY_SD15_CHECKPOINT``, else a random one (written once)."""
     target = setup["root"] / "models" / "checkpoints" / SD15_NAME
+    if target.exists():
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     given = os.environ.get("COMFY_SD15_CHECKPOINT")
     if given:
         os.symlink(given, target)
     else:
-        comfy_dir, python = _comfy_dir_and_python()
-        subprocess.run([python, str(HERE / "random_sd15_checkpoint.py"), "--comfy", comfy_dir, str(target)],
-                       check=True, timeout=1800)
+        comfy_dir, python = comfy_environment(SCRIPT.parent / "setup_comfy_env.sh")
+        subprocess.run([str(python), str(HERE / "random_sd15_checkpoint.py"), "--comfy", str(comfy_dir),
+                        str(target)], check=True, timeout=1800)
+    return target
+
+
+def test_text_to_image_4k_workflow(setup):
+    _sd15_checkpoint(setup)
     # The API twin with 2 sampling steps instead of 20: a random SD 1.5 takes ~50 s per step on a 2-core CPU, and
     # the steps change nothing GSASR sees but the pixel values.
     twin = json.loads((HERE / "api" / "GSASR_text_to_image_4K.api.json").read_text())
@@ -126,15 +133,6 @@ def test_cancel_interrupts_a_long_upscale(setup, tmp_path):
     workflow.write_text(json.dumps(twin))
     summary = run_comfy(setup, workflow, "cancel", COMFY_INTERRUPT_AFTER="6")
     assert summary["error"]["interrupted"]
-
-
-def _comfy_dir_and_python() -> tuple[str, str]:
-    """The ComfyUI work tree and venv the harness uses (it prints them)."""
-    setup_script = SCRIPT.parent / "setup_comfy_env.sh"
-    lines = subprocess.run(["bash", str(setup_script)], capture_output=True, text=True, check=True).stdout
-    found = dict(line.split("=", 1) for line in lines.splitlines() if line.startswith("COMFY_"))
-    python = Path(found["COMFY_VENV"]) / "bin" / "python"
-    return found["COMFY_DIR"], str(python if python.exists() else shutil.which("python3"))
 
 
 # ------------------------------------------------------------------ one server: upscale model, video, model manager
@@ -259,3 +257,58 @@ def test_after_a_run_the_model_stays_loaded_and_free_unloads_it(server):
     assert server.wait_for_log(UNLOADED), server.log()[-3000:]
     _record("GSASRUpscale x1.7 96x64 after /free", upscale(1.7), outputs=[[163, 108]])
     assert server.log().count(LOADED) == loads + 1  # unloaded by /free, so loaded again
+
+
+USDU_GIT_DIR = os.environ.get("COMFY_USDU_GIT_DIR", "")                # git dir of ssitu/ComfyUI_UltimateSDUpscale
+USDU_SCRIPT_GIT_DIR = os.environ.get("COMFY_USDU_SCRIPT_GIT_DIR", "")  # ... of its submodule, Coyote-A's script
+
+
+def _checkout_usdu(target: Path) -> Path:
+    """UltimateSDUpscale as ComfyUI-Manager installs it (its repository with its submodule), from local git dirs."""
+    def export(git_dir: str, ref: str, into: Path) -> None:
+        into.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", f"--git-dir={git_dir}", "archive", ref], check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+
+    export(USDU_GIT_DIR, "HEAD", target)
+    submodule = subprocess.run(["git", f"--git-dir={USDU_GIT_DIR}", "rev-parse",
+                                "HEAD:repositories/ultimate_sd_upscale"],
+                               check=True, capture_output=True, text=True).stdout.strip()
+    export(USDU_SCRIPT_GIT_DIR, submodule, target / "repositories" / "ultimate_sd_upscale")
+    return target
+
+
+@pytest.mark.skipif(not (USDU_GIT_DIR and USDU_SCRIPT_GIT_DIR),
+                    reason="UltimateSDUpscale not configured (set COMFY_USDU_GIT_DIR and COMFY_USDU_SCRIPT_GIT_DIR)")
+def test_gsasr_as_upscale_model_in_ultimate_sd_upscale(setup):
+    """UltimateSDUpscale enlarges with the UPSCALE_MODEL it is given (through ImageUpscaleWithModel), then redraws
+    tiles with SD 1.5: one 160 x 160 tile, 1 step of a random checkpoint, so the CPU run stays short."""
+    _sd15_checkpoint(setup)
+    usdu = _checkout_usdu(setup["root"] / "ComfyUI_UltimateSDUpscale")
+    with ComfyServer(SCRIPT.parent / "setup_comfy_env.sh", [REPO, usdu], setup["root"] / "usdu_server",
+                     model_paths=setup["yaml"]) as server:
+        _save_test_image(server, "tiny.png", (64, 64))
+        loads = server.log().count(LOADED)
+        usdu_inputs = {
+            "image": ["4", 0], "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "vae": ["1", 2],
+            "upscale_by": 2.5, "seed": 0, "steps": 1, "cfg": 1.0, "sampler_name": "euler", "scheduler": "normal",
+            "denoise": 0.2, "upscale_model": ["6", 0], "mode_type": "Linear", "tile_width": 160, "tile_height": 160,
+            "mask_blur": 8, "tile_padding": 32, "seam_fix_mode": "None", "seam_fix_denoise": 1.0,
+            "seam_fix_width": 64, "seam_fix_mask_blur": 8, "seam_fix_padding": 16, "force_uniform_tiles": False,
+            "tiled_decode": False, "batch_size": 1}
+        result = server.run({
+            "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SD15_NAME}},
+            "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo", "clip": ["1", 1]}},
+            "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+            "4": {"class_type": "LoadImage", "inputs": {"image": "tiny.png"}},
+            "5": {"class_type": "LoadGSASRModel", "inputs": {"model_name": "EDSR_DF2K"}},
+            "6": {"class_type": "GSASRUpscaleModel", "inputs": {"gsasr_model": ["5", 0], "scale": 2.5,
+                                                                "amp": "off"}},
+            "7": {"class_type": "UltimateSDUpscale", "inputs": usdu_inputs},
+            "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "usdu"}},
+        })
+        (image,) = [_load_rgb(p) for p in server.output_files(result["outputs"], "8")]
+        _record("UltimateSDUpscale x2.5 with GSASR as Upscale Model, 64x64, 1 step", result,
+                outputs=[list(image.shape[1::-1])])
+        assert image.shape[:2] == (160, 160)
+        assert server.log().count(LOADED) == loads + 1  # ComfyUI loaded our patcher for USDU's upscale step
