@@ -47,6 +47,11 @@ class ComfyServer:
     # ---------------------------------------------------------------- lifetime
 
     def __enter__(self) -> ComfyServer:
+        try:  # another server on the port would answer for this one
+            self.get("/system_stats")
+            raise RuntimeError(f"port {self.port} is in use: stop what listens there")
+        except (urllib.error.URLError, ConnectionError):
+            pass
         for path in self.dirs.values():
             path.mkdir(parents=True, exist_ok=True)
         for pack, link in zip(self.packs, self.links, strict=True):

@@ -154,5 +154,6 @@ def test_api_twin_matches_the_ui_workflow(path, definitions):
 def test_every_workflow_uses_a_gsasr_node_and_saves_its_result():
     for path in WORKFLOWS:
         types = {n["type"] for n in json.loads(path.read_text())["nodes"]}
-        assert "LoadGSASRModel" in types and types & {"GSASRUpscale", "GSASRUpscaleToSize"}, path.name
+        assert "LoadGSASRModel" in types and types & {"GSASRUpscale", "GSASRUpscaleToSize", "GSASRUpscaleModel"}, \
+            path.name
         assert types & {"SaveImage", "SaveVideo"}, path.name
