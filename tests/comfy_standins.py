@@ -39,9 +39,10 @@ _V1_NAMES = {"raw_link": "rawLink", "force_input": "forceInput", "display_mode":
 """The V1 (/object_info) spelling of the keyword arguments that are spelt differently there."""
 
 
-def _socket_type(io_type: str, input_options: set[str] = _INPUT_OPTIONS) -> type:
+def _socket_type(io_type: str, input_options: set[str] = _INPUT_OPTIONS, always: dict | None = None) -> type:
     """A V3 type (``io.Image``, ``io.Custom("X")`` ...): ``.Input(id, ...)`` and ``.Output(...)`` declare sockets and
-    widgets. Like the real classes, an Input takes only the keyword arguments its type has (a typo is a TypeError)."""
+    widgets. Like the real classes, an Input takes only the keyword arguments its type has (a typo is a TypeError);
+    ``always``: options /object_info lists for every input of the type (a combo's ``multiselect: false``)."""
 
     class Input:
         def __init__(self, id: str, **options):
@@ -56,7 +57,7 @@ def _socket_type(io_type: str, input_options: set[str] = _INPUT_OPTIONS) -> type
             """(type, options) as /object_info lists an input: options that are None are left out."""
             extra = self.options.get("extra_dict") or {}
             opts = {_V1_NAMES.get(k, k): v for k, v in self.options.items() if v is not None and k != "extra_dict"}
-            return self.io_type, {**opts, **extra}
+            return self.io_type, {**opts, **(always or {}), **extra}
 
     class Output:
         def __init__(self, id: str | None = None, display_name: str | None = None, tooltip: str | None = None,
@@ -164,7 +165,7 @@ def _v3_modules() -> dict[str, types.ModuleType]:
     io.Float = _socket_type("FLOAT", _WIDGET_OPTIONS | {"min", "max", "step", "round", "display_mode",
                                                         "gradient_stops"})
     io.Combo = _socket_type("COMBO", _WIDGET_OPTIONS | {"options", "control_after_generate", "upload",
-                                                        "image_folder", "remote"})
+                                                        "image_folder", "remote"}, always={"multiselect": False})
     latest = types.ModuleType("comfy_api.latest")
     latest.io, latest.ComfyExtension = io, ComfyExtension
     comfy_api = types.ModuleType("comfy_api")
