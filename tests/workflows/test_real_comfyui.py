@@ -291,7 +291,7 @@ def test_gsasr_as_upscale_model_in_ultimate_sd_upscale(setup):
     _sd15_checkpoint(setup)
     usdu = _checkout_usdu(setup["root"] / "ComfyUI_UltimateSDUpscale")
     with ComfyServer(SCRIPT.parent / "setup_comfy_env.sh", [REPO, usdu], setup["root"] / "usdu_server",
-                     model_paths=setup["yaml"]) as server:
+                     model_paths=setup["yaml"], port=8191) as server:  # 8190: the module's server may still run
         _save_test_image(server, "tiny.png", (64, 64))
         usdu_inputs = {
             "image": ["4", 0], "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "vae": ["1", 2],
