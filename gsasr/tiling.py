@@ -164,8 +164,7 @@ def auto_tile(padded_hw: tuple[int, int], out_hw: tuple[int, int], denominator: 
     Budget = a share of ``available`` minus what the whole image needs anyway: its Gaussians (float32) and the
     output."""
     hp, wp = padded_hw
-    fixed = hp * wp * GAUSSIANS_PER_LR_PIXEL * PARAMS_PER_GAUSSIAN * 4 + out_hw[0] * out_hw[1] * 3 * 4
-    budget = available * MEMORY_FRACTION.get(device_type, MEMORY_FRACTION["cpu"]) - fixed
+    budget = available * MEMORY_FRACTION.get(device_type, MEMORY_FRACTION["cpu"]) - _untiled_bytes(padded_hw, out_hw)
     if hp * wp * bytes_per_pixel <= budget:
         return 0
     margin = context_margin(denominator)
@@ -173,6 +172,21 @@ def auto_tile(padded_hw: tuple[int, int], out_hw: tuple[int, int], denominator: 
     core = int((side - 2 * margin) // denominator) * denominator
     # Below the minimum the retry loop gets the last word (it raises a clear error if even that fails).
     return max(core, MIN_TILE_WINDOWS * denominator)
+
+
+def _untiled_bytes(padded_hw: tuple[int, int], out_hw: tuple[int, int]) -> int:
+    """What an image needs whatever the tiles: its Gaussians (float32) and its output."""
+    gaussians = padded_hw[0] * padded_hw[1] * GAUSSIANS_PER_LR_PIXEL * PARAMS_PER_GAUSSIAN * 4
+    return gaussians + out_hw[0] * out_hw[1] * 3 * 4
+
+
+def upscale_work_bytes(in_hw: tuple[int, int], out_hw: tuple[int, int], denominator: int, bytes_per_pixel: int,
+                       max_activation_bytes: int) -> int:
+    """Memory one image's upscale needs besides the weights, counted as :func:`auto_tile` counts it: the Gaussians
+    and the output, plus the networks' activations for the whole image, or ``max_activation_bytes`` when they need
+    more (then the image is tiled to what is free). What a host application should free before an upscale."""
+    hp, wp = (math.ceil(n / denominator) * denominator for n in in_hw)
+    return _untiled_bytes((hp, wp), out_hw) + min(hp * wp * bytes_per_pixel, max_activation_bytes)
 
 
 def tiled_gaussians(networks: Callable[[torch.Tensor], torch.Tensor], padded: torch.Tensor, tile: int,

@@ -1,21 +1,19 @@
-"""Between ComfyUI's conventions and the gsasr core: image layout, progress and Cancel, device placement.
+"""Between ComfyUI's conventions and the gsasr core: image layout, progress and Cancel, where the work runs.
 
 ComfyUI IMAGE tensors are (B, H, W, C) in [0, 1], float32 or float16, on ``intermediate_device()``; the core takes
 (B, C, H, W). Progress goes to ``comfy.utils.ProgressBar`` (whose update also honours Cancel) and Cancel is also
-checked before every network layer, so a long tile stops quickly. The model lives on ComfyUI's offload device
-between runs; for a run it is moved to the torch device after ComfyUI has freed room for it, and moved back after.
+checked before every network layer, so a long tile stops quickly. Weights are placed by ComfyUI's model manager
+(:mod:`.managed`); the work runs where ComfyUI put them.
 """
 from __future__ import annotations
 
-import torch
-
 import comfy.model_management as model_management
 import comfy.utils
+import torch
 
-from ..gsasr import GSASRModel, InvalidInputError
-MAX_WORK_BYTES = 2 * 2**30
-"""The most working memory we ask ComfyUI to free for a run: a big image is tiled to fit what is free, so asking
-for its whole untiled need would only unload every other model for nothing."""
+from ..gsasr import InvalidInputError
+from ..gsasr.model import output_geometry
+from .managed import ManagedGSASR
 
 
 def to_core_layout(image: torch.Tensor) -> torch.Tensor:
@@ -29,56 +27,53 @@ def to_core_layout(image: torch.Tensor) -> torch.Tensor:
     return image.movedim(-1, 1)
 
 
-def to_comfy_image(image: torch.Tensor) -> torch.Tensor:
-    """Core output (B, C, H, W) -> ComfyUI IMAGE (B, H, W, C), contiguous, on the intermediate device and dtype."""
-    out = image.movedim(1, -1).to(device=model_management.intermediate_device(),
-                                  dtype=model_management.intermediate_dtype())
-    return out.contiguous()
-
-
 def check_cancel() -> None:
     """Raises ComfyUI's interrupt exception when the user pressed Cancel (cheap: a flag under a lock)."""
     model_management.throw_exception_if_processing_interrupted()
 
 
-class TileProgress:
-    """A ``progress(done, total)`` callback for the core that drives one ComfyUI progress bar."""
+class BatchProgress:
+    """``progress(done, total)`` callbacks for the core, one per frame, driving one ComfyUI progress bar over the
+    tiles of every frame of a batch."""
 
-    def __init__(self):
+    def __init__(self, frames: int = 1):
+        self.frames = frames
+        self.frame = 0
         self.bar: comfy.utils.ProgressBar | None = None
 
     def __call__(self, done: int, total: int) -> None:
+        value, whole = self.frame * total + done, self.frames * total  # frames are alike: same tiles each
         if self.bar is None:
-            self.bar = comfy.utils.ProgressBar(total)
-        self.bar.update_absolute(done, total)
+            self.bar = comfy.utils.ProgressBar(whole)
+        self.bar.update_absolute(value, whole)
 
 
-class DownloadProgress(TileProgress):
+class DownloadProgress(BatchProgress):
     """A ``progress(done_bytes, total_bytes)`` callback for model downloads; one bar per file."""
 
     def __call__(self, done: int, total: int) -> None:
-        if self.bar is not None and (total != self.bar.total or done < self.bar.current):
+        if self.bar is not None and (max(total, 1) != self.bar.total or done < self.bar.current):
             self.bar = None  # the next file
         super().__call__(done, max(total, 1))
 
 
-def upscale(model: GSASRModel, image: torch.Tensor, *, scale: float | None = None,
+def upscale(managed: ManagedGSASR, image: torch.Tensor, *, scale: float | None = None,
             size: tuple[int, int] | None = None, tile: int | None, amp: str) -> torch.Tensor:
-    """Run ``model.upscale`` on a ComfyUI IMAGE on ComfyUI's torch device; returns a ComfyUI IMAGE."""
+    """``model.upscale`` on a ComfyUI IMAGE batch, frame by frame, on the device ComfyUI loads the model to.
+
+    Each frame's result goes straight into the output on ComfyUI's intermediate device, so the compute device
+    holds one frame's work at a time however long the batch (a video's frames); one progress bar counts all."""
     pixels = to_core_layout(image)
-    device = model_management.get_torch_device()
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    if device.type != "cpu":
-        # Let ComfyUI unload other models to make room for ours and one image's work; the core then sizes its
-        # tiles from what is free, and retries smaller ones if that was not enough.
-        work = pixels.shape[-2] * pixels.shape[-1] * model.bytes_per_lr_pixel()
-        model_management.free_memory(weights + min(work, MAX_WORK_BYTES), device)
-    model.to(device)
-    try:
+    frames, channels, height, width = pixels.shape
+    out_hw = output_geometry((height, width), scale, size).out_hw  # a bad scale or size fails before loading
+    managed.load(managed.work_bytes((height, width), out_hw))
+    out = torch.empty((frames, *out_hw, channels), device=model_management.intermediate_device(),
+                      dtype=model_management.intermediate_dtype())
+    progress = BatchProgress(frames)
+    for i in range(frames):
         check_cancel()
-        out = model.upscale(pixels, scale, size=size, tile=tile, amp=amp, progress=TileProgress(),
-                            interrupt=check_cancel)
-        return to_comfy_image(out)
-    finally:
-        model.to(model_management.unet_offload_device())
-        model_management.soft_empty_cache()
+        progress.frame = i
+        result = managed.model.upscale(pixels[i:i + 1], scale, size=size, tile=tile, amp=amp, progress=progress,
+                                       interrupt=check_cancel)
+        out[i] = result[0].movedim(0, -1)  # to the intermediate device and dtype
+    return out

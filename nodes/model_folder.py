@@ -4,6 +4,9 @@ ComfyUI knows the folder as ``gsasr`` (``folder_paths``), so ``extra_model_paths
 are searched too; released models that are not on disk are downloaded into the first folder. A local model is a
 folder holding the official ``encoder.pth`` + ``decoder.pth`` (listed by its path relative to the models folder)
 or one converted ``.safetensors`` file.
+
+Loaded models are kept across runs and loader nodes, each with the one ComfyUI patcher that places its weights
+(:class:`.managed.ManagedGSASR`): a model and its patcher enter and leave the cache together.
 """
 from __future__ import annotations
 
@@ -12,15 +15,16 @@ from pathlib import Path
 
 import folder_paths
 
-from ..gsasr import GSASRModel, ModelNotFoundError, load_model, release_names
+from ..gsasr import ModelNotFoundError, load_model, release_names
 from ..gsasr.registry import PARTS, find_release, local_release_folder
+from .managed import ManagedGSASR
 
 FOLDER_NAME = "gsasr"
 SINGLE_FILE_SUFFIX = ".safetensors"
 CACHE_SIZE = 2
-"""Loaded models kept in memory (on the offload device) across runs and loader nodes."""
+"""Loaded models kept across runs and loader nodes (where ComfyUI's model manager puts them)."""
 
-_cache: dict[tuple, GSASRModel] = {}
+_cache: dict[tuple, ManagedGSASR] = {}
 
 
 def register() -> None:
@@ -84,8 +88,8 @@ def _fingerprint(name: str, path: Path | None) -> str:
     return repr(stats)
 
 
-def load(name: str, download_progress=None) -> GSASRModel:
-    """The model called ``name`` in :func:`choices`, from memory when its files did not change."""
+def load(name: str, download_progress=None) -> ManagedGSASR:
+    """The model called ``name`` in :func:`choices` with its patcher, from memory when its files did not change."""
     path = local_models().get(name)  # one walk of the models folders per load
     key = (name, _fingerprint(name, path))
     if key in _cache:
@@ -103,5 +107,5 @@ def load(name: str, download_progress=None) -> GSASRModel:
         del _cache[old]
     while len(_cache) >= CACHE_SIZE:
         del _cache[next(iter(_cache))]  # the oldest
-    _cache[key] = model
-    return model
+    _cache[key] = ManagedGSASR(model)
+    return _cache[key]

@@ -18,19 +18,19 @@ WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 CORE_NODES = {k: v for k, v in json.loads((HERE / "comfyui_v0.33.0_core_nodes.json").read_text()).items()
               if not k.startswith("_")}
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
-FILE_LISTS = {("LoadImage", "image"), ("CheckpointLoaderSimple", "ckpt_name")}  # what the user has on disk
+FILE_LISTS = {("LoadImage", "image"), ("LoadVideo", "file"),
+              ("CheckpointLoaderSimple", "ckpt_name")}  # what the user has on disk
 
 
 @pytest.fixture
-def definitions(pack) -> dict:
+def definitions(node_classes) -> dict:
     """object_info-like definitions: our nodes (from the pack itself) and the core nodes of v0.33.0."""
     defs = dict(CORE_NODES)
-    for node_id, cls in pack.NODE_CLASS_MAPPINGS.items():
-        inputs = json.loads(json.dumps(cls.INPUT_TYPES()))  # as /object_info serves it (tuples become lists)
-        defs[node_id] = {"input": inputs, "input_order": {k: list(v) for k, v in inputs.items()},
-                         "output": list(cls.RETURN_TYPES), "deprecated": False, "experimental": False}
+    for node_id, cls in node_classes.items():
+        defs[node_id] = json.loads(json.dumps(cls.GET_NODE_INFO_V1()))  # as /object_info serves it
     return defs
 
 
@@ -46,6 +46,9 @@ def _inputs_in_order(definition: dict) -> list[tuple[str, list, bool]]:
 def _widget(spec: list) -> tuple[bool, object, dict]:
     kind = spec[0]
     opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if kind == DYNAMIC_COMBO:  # a combo whose choice adds widgets (SaveVideo's codec): checked as a plain combo
+        choices = {option["key"]: option["inputs"] for option in opts["options"]}
+        return True, "COMBO", {**opts, "options": list(choices), "option_inputs": choices}
     is_widget = (isinstance(kind, list) or kind in WIDGET_TYPES) and not opts.get("forceInput")
     return is_widget, kind, opts
 
@@ -58,9 +61,12 @@ def _widget_values(node: dict, definition: dict) -> dict:
         if not is_widget:
             continue
         values[name] = rest.pop(0)
+        if "option_inputs" in opts:  # the widgets a dynamic combo's choice adds are not checked here
+            assert not any(opts["option_inputs"].get(values[name], {}).values()), \
+                f"{node['type']}.{name}={values[name]!r} adds widgets; this check does not read them"
         if opts.get("control_after_generate"):
             assert rest.pop(0) in CONTROL_VALUES, f"{node['type']}.{name}: bad control_after_generate value"
-        if opts.get("image_upload"):
+        if opts.get("image_upload") or opts.get("video_upload"):
             rest.pop(0)  # the upload button's own value
     assert not rest, f"{node['type']} has {len(rest)} widget values too many"
     return values
@@ -148,5 +154,6 @@ def test_api_twin_matches_the_ui_workflow(path, definitions):
 def test_every_workflow_uses_a_gsasr_node_and_saves_its_result():
     for path in WORKFLOWS:
         types = {n["type"] for n in json.loads(path.read_text())["nodes"]}
-        assert "LoadGSASRModel" in types and types & {"GSASRUpscale", "GSASRUpscaleToSize"}, path.name
-        assert "SaveImage" in types, path.name
+        assert "LoadGSASRModel" in types and types & {"GSASRUpscale", "GSASRUpscaleToSize", "GSASRUpscaleModel"}, \
+            path.name
+        assert types & {"SaveImage", "SaveVideo"}, path.name
