@@ -137,6 +137,20 @@ class WindowAttention(nn.Module):
         """(N, T, C) -> (N, heads, T, head_dim)."""
         return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
 
+    def _projections(self, query: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """q, k, v (N, T, C). In float32/float64 three products, as the official model. With weights in a reduced
+        precision (low_precision.py, under autocast) the activations are cast once and k, v (and q, in
+        self-attention) come from one product with the weights stacked: the same roundings, fewer passes."""
+        weight = self.qhead.weight
+        if weight.dtype in (torch.float32, torch.float64):
+            return self.qhead(query), self.khead(context), self.vhead(context)
+        heads = (self.qhead, self.khead, self.vhead) if query is context else (self.khead, self.vhead)
+        stacked = F.linear(context.to(weight.dtype), torch.cat([h.weight for h in heads]),
+                           torch.cat([h.bias for h in heads]))
+        if query is context:
+            return stacked.chunk(3, dim=-1)
+        return (self.qhead(query.to(weight.dtype)), *stacked.chunk(2, dim=-1))
+
     def position_terms(self) -> torch.Tensor:
         """What encodes token positions, the same for every window: the (heads, T, T) bias or the RoPE phases.
         The decoder computes it once per layer and passes it to every chunk of windows."""
@@ -149,9 +163,7 @@ class WindowAttention(nn.Module):
                 position: torch.Tensor | None = None) -> torch.Tensor:
         """query (N, Tq, C), context (N, Tk, C) -> (N, Tq, C); N = batch * windows. ``position``: this module's
         :meth:`position_terms` (computed here when not given)."""
-        q = self._split_heads(self.qhead(query))
-        k = self._split_heads(self.khead(context))
-        v = self._split_heads(self.vhead(context))
+        q, k, v = (self._split_heads(t) for t in self._projections(query, context))
         if position is None:
             position = self.position_terms()
         bias = None
@@ -315,11 +327,14 @@ def _gaussian_head(dim: int, out: int) -> nn.Sequential:
 def _run_head(head: nn.Sequential, tokens: torch.Tensor, workspace: Workspace) -> torch.Tensor:
     """``head(tokens)`` for a :func:`_gaussian_head`, (B, n, C) -> (B, n, out), its two hidden activations in the
     ``workspace`` (the largest tensors of the decoder, allocated once per forward instead of once per strip and
-    head). The same operations as the modules; under autocast the modules themselves run (autocast has no
-    ``out=`` forms)."""
-    if torch.is_autocast_enabled(tokens.device.type):
-        return head(tokens)
+    head). The same operations as the modules. Under autocast with float32 weights the modules themselves run
+    (autocast has no ``out=`` forms); with weights already in the tokens' dtype (low_precision.py) the products are
+    autocast's own, so the workspace path runs in that dtype."""
     first, wide, last = head[0], head[2], head[4]
+    device = tokens.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else tokens.dtype
+    if any(layer.weight.dtype != dtype for layer in (first, wide, last)) or tokens.dtype != dtype:
+        return head(tokens)
     x = tokens.reshape(-1, tokens.shape[-1])
     hidden = workspace.take("head_hidden", (x.shape[0], first.out_features), x.dtype)
     torch.addmm(first.bias, x, first.weight.t(), out=hidden).relu_()

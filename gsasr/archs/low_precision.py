@@ -1,0 +1,57 @@
+"""Running a network's matrix products in bf16 (or fp16) from weights cast once, not once per call.
+
+Why: under ``torch.autocast`` every ``nn.Linear`` and ``nn.Conv2d`` call casts its float32 weight and bias to the
+autocast dtype again (autocast only caches casts of weights that require grad, and inference runs without). On a
+CPU with bf16 matrix units a 192 x 192 product runs in a fraction of a millisecond, so those casts, and convolution
+weights in the layout oneDNN does not want, cost about as much as the products themselves.
+
+:func:`cast_weights` swaps, for the duration of a block, every Linear's and Conv2d's weight and bias for a copy in
+the low-precision dtype (convolution weights channels-last, the layout oneDNN's bf16 kernels run fastest on). The
+copies are made once per model and dtype and kept until a parameter changes (a new tensor or an in-place update).
+Autocast still runs around it and casts the activations exactly as before, so the numbers are autocast's own: the
+same rounding of the same weights, only not repeated.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+_CACHE_ATTRIBUTE = "_gsasr_low_precision_weights"
+_CAST_MODULES = (nn.Linear, nn.Conv2d)
+
+
+def _cast(name: str, value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    cast = value.detach().to(dtype)
+    if name == "weight" and cast.dim() == 4:
+        cast = cast.contiguous(memory_format=torch.channels_last)
+    return cast
+
+
+def _slots(model: nn.Module) -> list[tuple[nn.Module, str, torch.Tensor]]:
+    return [(module, name, value) for module in model.modules() if isinstance(module, _CAST_MODULES)
+            for name, value in module._parameters.items() if value is not None and value.is_floating_point()]
+
+
+@contextlib.contextmanager
+def cast_weights(model: nn.Module, dtype: torch.dtype):
+    """Inside the block, every Linear and Conv2d of ``model`` computes with its weight and bias in ``dtype``
+    (cached copies, see the module docstring). Restores the float parameters on exit, also on errors.
+
+    Not reentrant and not for concurrent use of one model from several threads (the parameters are swapped on the
+    module itself); the pipeline runs one forward at a time.
+    """
+    slots = _slots(model)
+    key = (dtype, tuple((id(value), value.data_ptr(), value._version) for _, _, value in slots))
+    cache = getattr(model, _CACHE_ATTRIBUTE, None)
+    if cache is None or cache[0] != key:
+        cache = (key, [_cast(name, value, dtype) for _, name, value in slots])
+        object.__setattr__(model, _CACHE_ATTRIBUTE, cache)  # a plain attribute, not a submodule or buffer
+    try:
+        for (module, name, _), cast in zip(slots, cache[1]):
+            module._parameters[name] = cast
+        yield
+    finally:
+        for module, name, value in slots:
+            module._parameters[name] = value
