@@ -10,6 +10,8 @@ import math
 import torch
 from torch import nn
 
+from .low_precision import relu_
+
 
 def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
     """(B, H, W, C) -> (B * nW, window * window, C), windows in row-major order, tokens row-major inside."""
@@ -37,7 +39,9 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_features, out_features or in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        hidden = self.fc1(x)
+        # the hidden layer is a fresh tensor: ReLU may run in place (same values; fast in bf16, low_precision.py)
+        return self.fc2(relu_(hidden) if type(self.act) is nn.ReLU else self.act(hidden))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from torch import nn
 from ..errors import CheckpointError
 from . import winograd
 from .blocks import Mlp, add_rope_parameters, apply_rope, rope_phases, window_partition, window_reverse
+from .low_precision import ReLU, relu_
 from .window_chunks import WindowChunks
 from .workspace import Workspace
 
@@ -254,7 +255,7 @@ class SelfAttentionLayer(nn.Module):
 
 def _block_mlp(dim: int) -> nn.Sequential:
     """Linear-ReLU-Linear as an nn.Sequential (official keys ``mlp.0`` / ``mlp.2``)."""
-    return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim))
+    return nn.Sequential(nn.Linear(dim, dim), ReLU(), nn.Linear(dim, dim))
 
 
 class _ResidualLayerStack(nn.Module):
@@ -320,8 +321,7 @@ def _gaussian_head(dim: int, out: int) -> nn.Sequential:
     """Per-token MLP C -> C -> 4C -> out (official keys ``.0``, ``.2``, ``.4``)."""
     # In-place ReLUs: the 4C activations of a chunk are the largest tensors of the decoder; not allocating a second
     # copy saves its memory traffic (~13 % of the decoder's time on a CPU). Same values.
-    return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, 4 * dim), nn.ReLU(inplace=True),
-                         nn.Linear(4 * dim, out))
+    return nn.Sequential(nn.Linear(dim, dim), ReLU(), nn.Linear(dim, 4 * dim), ReLU(), nn.Linear(4 * dim, out))
 
 
 def _run_head(head: nn.Sequential, tokens: torch.Tensor, workspace: Workspace) -> torch.Tensor:
@@ -337,9 +337,9 @@ def _run_head(head: nn.Sequential, tokens: torch.Tensor, workspace: Workspace) -
         return head(tokens)
     x = tokens.reshape(-1, tokens.shape[-1])
     hidden = workspace.take("head_hidden", (x.shape[0], first.out_features), x.dtype)
-    torch.addmm(first.bias, x, first.weight.t(), out=hidden).relu_()
+    relu_(torch.addmm(first.bias, x, first.weight.t(), out=hidden))
     activations = workspace.take("head_wide", (x.shape[0], wide.out_features), x.dtype)
-    torch.addmm(wide.bias, hidden, wide.weight.t(), out=activations).relu_()
+    relu_(torch.addmm(wide.bias, hidden, wide.weight.t(), out=activations))
     return F.linear(activations, last.weight, last.bias).view(*tokens.shape[:-1], -1)
 
 

