@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-from .low_precision import relu_
+from .low_precision import linear_relu
 
 
 def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -39,9 +39,9 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_features, out_features or in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = self.fc1(x)
-        # the hidden layer is a fresh tensor: ReLU may run in place (same values; fast in bf16, low_precision.py)
-        return self.fc2(relu_(hidden) if type(self.act) is nn.ReLU else self.act(hidden))
+        if type(self.act) is nn.ReLU:  # one fused product in bf16, same values (low_precision.py)
+            return self.fc2(linear_relu(x, self.fc1))
+        return self.fc2(self.act(self.fc1(x)))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from torch import nn
 from ..errors import CheckpointError
 from . import winograd
 from .blocks import Mlp, add_rope_parameters, apply_rope, rope_phases, window_partition, window_reverse
-from .low_precision import ReLU, relu_
+from .low_precision import ReLU, fused_linear_relu_applies, linear_relu, relu_
 from .window_chunks import WindowChunks
 from .workspace import Workspace
 
@@ -329,13 +329,18 @@ def _run_head(head: nn.Sequential, tokens: torch.Tensor, workspace: Workspace) -
     ``workspace`` (the largest tensors of the decoder, allocated once per forward instead of once per strip and
     head). The same operations as the modules. Under autocast with float32 weights the modules themselves run
     (autocast has no ``out=`` forms); with weights already in the tokens' dtype (low_precision.py) the products are
-    autocast's own, so the workspace path runs in that dtype."""
+    autocast's own: on a CPU in bf16 each hidden layer is one product with its bias and ReLU fused
+    (low_precision.linear_relu, faster than the workspace's three passes), otherwise the workspace path runs in that
+    dtype."""
     first, wide, last = head[0], head[2], head[4]
     device = tokens.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else tokens.dtype
     if any(layer.weight.dtype != dtype for layer in (first, wide, last)) or tokens.dtype != dtype:
         return head(tokens)
     x = tokens.reshape(-1, tokens.shape[-1])
+    if fused_linear_relu_applies(x, first.weight):  # bf16 on a CPU: bias and ReLU fused into the products
+        wide_out = linear_relu(linear_relu(x, first), wide)
+        return F.linear(wide_out, last.weight, last.bias).view(*tokens.shape[:-1], -1)
     hidden = workspace.take("head_hidden", (x.shape[0], first.out_features), x.dtype)
     relu_(torch.addmm(first.bias, x, first.weight.t(), out=hidden))
     activations = workspace.take("head_wide", (x.shape[0], wide.out_features), x.dtype)

@@ -8,7 +8,7 @@ from conftest import tiny_networks
 from tolerances import BF16_PATH_VS_AUTOCAST_REL
 
 from gsasr import environment
-from gsasr.archs.low_precision import cast_weights
+from gsasr.archs.low_precision import cast_weights, linear_relu, relu_
 from gsasr.model import GSASRModel, ModelInfo, resolve_amp
 
 
@@ -96,3 +96,23 @@ def test_off_is_untouched_by_an_earlier_bf16_run(model):
         model.gaussians(x, 3.0, amp="bf16")
         assert torch.equal(model.gaussians(x, 3.0, amp="off"), before)
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_bf16_relu_through_the_bit_pattern_equals_relu():
+    x = torch.randn(4096).bfloat16()
+    x[:4] = torch.tensor([-0.0, float("-inf"), float("inf"), 0.0])
+    expected = torch.relu(x)
+    out = relu_(x)
+    assert out is x and torch.equal(out, expected) and not out.signbit().any()
+    y = torch.randn(100)
+    assert torch.equal(relu_(y.clone()), torch.relu(y))  # other dtypes: PyTorch's own
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fused_linear_relu_equals_the_linear_then_relu(dtype):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 96).to(dtype)
+    for shape in ((50, 64), (3, 7, 64)):
+        x = torch.randn(shape).to(dtype)
+        with torch.inference_mode():
+            assert torch.equal(linear_relu(x, linear), torch.relu(linear(x)))
