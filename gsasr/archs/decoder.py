@@ -35,7 +35,7 @@ from torch import nn
 from ..errors import CheckpointError
 from . import winograd
 from .blocks import Mlp, add_rope_parameters, apply_rope, rope_phases, window_partition, window_reverse
-from .low_precision import ReLU, fused_linear_relu_applies, linear_relu, relu_
+from .low_precision import ReLU, fused_linear_relu_applies, linear, linear_relu, relu_
 from .window_chunks import WindowChunks
 from .workspace import Workspace
 
@@ -146,11 +146,10 @@ class WindowAttention(nn.Module):
         if weight.dtype in (torch.float32, torch.float64):
             return self.qhead(query), self.khead(context), self.vhead(context)
         heads = (self.qhead, self.khead, self.vhead) if query is context else (self.khead, self.vhead)
-        stacked = F.linear(context.to(weight.dtype), torch.cat([h.weight for h in heads]),
-                           torch.cat([h.bias for h in heads]))
+        stacked = linear(context, torch.cat([h.weight for h in heads]), torch.cat([h.bias for h in heads]))
         if query is context:
             return stacked.chunk(3, dim=-1)
-        return (self.qhead(query.to(weight.dtype)), *stacked.chunk(2, dim=-1))
+        return (linear(query, self.qhead.weight, self.qhead.bias), *stacked.chunk(2, dim=-1))
 
     def position_terms(self) -> torch.Tensor:
         """What encodes token positions, the same for every window: the (heads, T, T) bias or the RoPE phases.
@@ -176,7 +175,7 @@ class WindowAttention(nn.Module):
         # additive term: neither form masks the wrapped-around tokens of shifted windows. The decoder calls this on
         # chunks of a few windows (WindowChunks), which bounds the logits held at once.
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        return self.proj(out.transpose(1, 2).flatten(2))
+        return linear(out.transpose(1, 2).flatten(2), self.proj.weight, self.proj.bias)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -340,7 +339,7 @@ def _run_head(head: nn.Sequential, tokens: torch.Tensor, workspace: Workspace) -
     x = tokens.reshape(-1, tokens.shape[-1])
     if fused_linear_relu_applies(x, first.weight):  # bf16 on a CPU: bias and ReLU fused into the products
         wide_out = linear_relu(linear_relu(x, first), wide)
-        return F.linear(wide_out, last.weight, last.bias).view(*tokens.shape[:-1], -1)
+        return linear(wide_out, last.weight, last.bias).view(*tokens.shape[:-1], -1)
     hidden = workspace.take("head_hidden", (x.shape[0], first.out_features), x.dtype)
     relu_(torch.addmm(first.bias, x, first.weight.t(), out=hidden))
     activations = workspace.take("head_wide", (x.shape[0], wide.out_features), x.dtype)
