@@ -35,7 +35,7 @@ from torch import nn
 from ..errors import CheckpointError
 from . import winograd
 from .blocks import Mlp, add_rope_parameters, apply_rope, rope_phases, window_partition, window_reverse
-from .low_precision import ReLU, fused_linear_relu_applies, linear, linear_relu, relu_
+from .low_precision import ReLU, add_, fused_linear_relu_applies, linear, linear_relu, relu_
 from .window_chunks import WindowChunks
 from .workspace import Workspace
 
@@ -209,10 +209,10 @@ class CrossAttentionLayer(nn.Module):
         position = self.window_cross_attn.position_terms()
 
         def step(x: torch.Tensor, image: int, w0: int, w1: int) -> None:
-            x += scale_term[image]
-            x += self.mlp_crossattn_scale(self.norm2(x))
-            x += self.window_cross_attn(self.norm3(x) + pos, context[w0:w1], position)
-            x += self.mlp_crossattn_feature(self.norm4(x))
+            add_(x, scale_term[image])
+            add_(x, self.mlp_crossattn_scale(self.norm2(x)))
+            add_(x, self.window_cross_attn(self.norm3(x) + pos, context[w0:w1], position))
+            add_(x, self.mlp_crossattn_feature(self.norm4(x)))
 
         chunks.update(x, step)
 
@@ -240,11 +240,11 @@ class SelfAttentionLayer(nn.Module):
         position = self.gs_self_attn.position_terms()
 
         def step(x: torch.Tensor, image: int, w0: int, w1: int) -> None:
-            x += scale_term[image]
-            x += self.mlp_crossattn(self.norm4(x))
+            add_(x, scale_term[image])
+            add_(x, self.mlp_crossattn(self.norm4(x)))
             y = self.norm1(x)
-            x += self.gs_self_attn(y, y, position)
-            x += self.mlp_selfattn(self.norm2(x))
+            add_(x, self.gs_self_attn(y, y, position))
+            add_(x, self.mlp_selfattn(self.norm2(x)))
 
         # [QUIRK] Shifted layers roll the whole grid by -ws/2 and back, with no attention mask: tokens that wrapped
         # around the image edge attend to each other as if they were neighbours. Every other step of the layer is
