@@ -96,3 +96,9 @@ NATIVE_GOLDEN_RENDER_ABS = 1e-5
 # the other way. 1e-3 is a tenth of the bf16 path's own distance from float32 on this model (~1e-2), so it still
 # fails a wrong weight, layout or head, and a float32 run sneaking in is caught separately.
 BF16_PATH_VS_AUTOCAST_REL = 1e-3
+# The fused bf16 linear + GELU (one rounding of the float32 accumulator's GELU) against the module's linear then GELU
+# (autocast: the linear's output rounded to bf16, then the GELU's), relative to the output's peak: the two differ by
+# at most the module's two bf16 roundings (2^-8 relative each, and the first one's effect through GELU's slope <= 1.13;
+# measured <= 7e-3). 2^-6 leaves 2x margin and still fails a wrong activation or bias (a ReLU instead of the GELU
+# is up to 0.17 off, several percent of the peak).
+BF16_FUSED_GELU_REL = 2.0 ** -6

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import tiny_networks
-from tolerances import BF16_PATH_VS_AUTOCAST_REL
+from tolerances import BF16_FUSED_GELU_REL, BF16_PATH_VS_AUTOCAST_REL
 
 from gsasr import environment
-from gsasr.archs.low_precision import cast_weights, linear_relu, relu_
+from gsasr.archs.low_precision import add_, cast_weights, linear, linear_gelu, linear_relu, relu_
 from gsasr.model import GSASRModel, ModelInfo, resolve_amp
 
 
@@ -109,10 +109,29 @@ def test_bf16_relu_through_the_bit_pattern_equals_relu():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_fused_linear_relu_equals_the_linear_then_relu(dtype):
+def test_fused_products_equal_the_modules(dtype):
+    """linear and linear_relu are bitwise the module (then ReLU); linear_gelu rounds once where the module rounds
+    twice, so in bf16 it is within one bf16 rounding of the module, and closer to the float32 result."""
     torch.manual_seed(0)
-    linear = torch.nn.Linear(64, 96).to(dtype)
+    layer = torch.nn.Linear(64, 96).to(dtype)
     for shape in ((50, 64), (3, 7, 64)):
         x = torch.randn(shape).to(dtype)
         with torch.inference_mode():
-            assert torch.equal(linear_relu(x, linear), torch.relu(linear(x)))
+            assert torch.equal(linear(x, layer.weight, layer.bias), layer(x))
+            assert torch.equal(linear_relu(x, layer), torch.relu(layer(x)))
+            fused, module = linear_gelu(x, layer), torch.nn.functional.gelu(layer(x))
+            if dtype == torch.float32:
+                assert torch.equal(fused, module)
+            else:
+                exact = torch.nn.functional.gelu(torch.nn.functional.linear(x.float(), layer.weight.float(),
+                                                                            layer.bias.float()))
+                peak = exact.abs().max()
+                assert (fused.float() - module.float()).abs().max() <= BF16_FUSED_GELU_REL * peak
+                assert (fused.float() - exact).abs().max() <= (module.float() - exact).abs().max()
+
+
+def test_stream_plus_bf16_branch_is_the_float32_sum():
+    x = torch.randn(5, 7)
+    term = torch.randn(5, 7).bfloat16()
+    expected = x + term
+    assert add_(x, term) is x and torch.equal(x, expected)
