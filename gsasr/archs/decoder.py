@@ -169,9 +169,10 @@ class WindowAttention(nn.Module):
         bias = None
         if self.position == "bias":
             bias = position.to(q.dtype)
-            if q.dtype in (torch.bfloat16, torch.float16):
+            if q.dtype in (torch.bfloat16, torch.float16) and q.device.type == "cpu":
                 # As a (windows, heads, T, T) view (no copy) the bias takes the fused kernel; as (heads, T, T) PyTorch's
-                # CPU attention took a path 5x slower (measured, bf16). Not in float32, whose numbers stay bitwise.
+                # CPU attention took a path 5x slower (measured, bf16). Not in float32, whose numbers stay bitwise
+                # (there the two paths round differently, ~1e-6); GPUs keep what they had.
                 bias = bias.expand(q.shape[0], *bias.shape)
         else:
             q, k = apply_rope(q, position), apply_rope(k, position)
