@@ -4,6 +4,7 @@
     python bench/bench_pipeline.py --archs EDSR_DIV2K --size 256 --scale 4 --control
     python bench/bench_pipeline.py --archs EDSR_DIV2K --size 512 --scale 4 --tile 192
     python bench/bench_pipeline.py --archs EDSR --size 246x200 --scale 4 --amp auto --repeat 5 --device cuda
+    python bench/bench_pipeline.py --archs EDSR_DIV2K HATL_SA1B --size 96 --amp off auto --rate-seconds 2
 
 Weights follow the golden rule (../shared/golden or tests/golden), so the networks' cost is the real one; the
 render cost depends on the Gaussians' sizes, which untrained weights only approximate. ``--tile N`` runs the
@@ -27,8 +28,12 @@ after each architecture, two ways:
 scores that pure-matmul workload the same way (on a 2-core cloud VM, 50 s of products scored x bound 1.06-1.29,
 x sust 0.89-1.11), and gives the networks' time over their FLOPs at the control's own rate (``x_control``).
 
-With ``--amp`` the networks run under autocast like ``model.upscale(amp=...)`` and the rates are measured in the
-autocast dtype.
+With ``--amp`` the networks run like ``model.upscale(amp=...)`` (``model.precision``: autocast, and on a CPU the
+weights cast once). Every run is scored against two bounds, whatever its mode: ``x f32`` (FLOPs over the burst
+float32 matmul rate) and ``x bf16`` (over the burst bf16 rate; on CPUs with AMX or AVX512-BF16 several times the
+float32 one); ``x sust`` uses the sustained rate in the run's own dtype. ``--amp off auto`` runs both modes on each
+architecture in the same process and gives the speed-up of each over the first (on a shared machine, compare modes
+only within one run).
 
 On a GPU one untimed run comes first (CUDA context, cuDNN's algorithm search, the rasteriser module's load); the
 table gives the median of ``--repeat`` timed runs.
@@ -38,7 +43,6 @@ Prints an environment header, a table and a last line ``RESULT key=value ...``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import resource
 import statistics
 import sys
@@ -158,12 +162,12 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def one_run(model, x: torch.Tensor, scale: float, tile: int, canvas: tuple[int, int], out_hw: tuple[int, int],
-            device: torch.device, autocast) -> dict[str, float]:
-    """Seconds of each phase of one upscale of the padded image ``x``."""
+            device: torch.device, amp_dtype: torch.dtype | None) -> dict[str, float]:
+    """Seconds of each phase of one upscale of the padded image ``x``, the networks in ``model.precision``."""
     clock = {"encoder": 0.0, "decoder": 0.0}
 
     def networks(crop):
-        with autocast:
+        with model.precision(amp_dtype):
             feat, t_enc = timed(lambda: model.encoder(crop), device)
             gs, t_dec = timed(lambda: model.decoder(feat, scale), device)
         clock["encoder"] += t_enc
@@ -188,17 +192,24 @@ def run_case(model, hw: tuple[int, int], scale: float, repeat: int, device: torc
     x = pad_to_multiple(image, model.denominator)
     canvas = geometry.canvas_hw(tuple(x.shape[-2:]))
     tile = tiling.round_tile(tile, model.denominator) if tile else 0
-    autocast = (torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None
-                else contextlib.nullcontext())
     if device.type == "cuda":
-        one_run(model, x, scale, tile, canvas, geometry.out_hw, device, autocast)  # warm-up, not timed
-    runs = [one_run(model, x, scale, tile, canvas, geometry.out_hw, device, autocast) for _ in range(repeat)]
+        one_run(model, x, scale, tile, canvas, geometry.out_hw, device, amp_dtype)  # warm-up, not timed
+    runs = [one_run(model, x, scale, tile, canvas, geometry.out_hw, device, amp_dtype) for _ in range(repeat)]
     totals = [sum(run.values()) for run in runs]
     out_mp = geometry.out_hw[0] * geometry.out_hw[1] / 1e6
     return {k: statistics.median(run[k] for run in runs) for k in runs[0]} | {
         "total": statistics.median(totals), "mp_s": out_mp / statistics.median(totals),
         "peak_mb": peak_memory_mb(device), "out": geometry.out_hw,
         "lr_pixels_computed": computed_lr_pixels(tuple(x.shape[-2:]), tile, model.denominator)}
+
+
+RATE_DTYPES = (torch.float32, torch.bfloat16)  # the bounds reported for every run, whatever its amp mode
+
+
+def measured_rates(device: torch.device, seconds: float, sustained_dtypes: set) -> dict:
+    """{dtype: MatmulRate} for float32 and bf16; the sustained rate only for ``sustained_dtypes`` (0 otherwise)."""
+    return {dtype: matmul_rate(device, seconds, dtype=dtype) if dtype in sustained_dtypes
+            else MatmulRate(matmul_rate(device, 0.0, dtype=dtype).burst, 0.0) for dtype in RATE_DTYPES}
 
 
 def main() -> None:
@@ -213,8 +224,10 @@ def main() -> None:
     parser.add_argument("--chunks", type=lambda t: tuple(int(v) for v in t.split(",")), default=None,
                         metavar="GAUSSIANS,SEEDS", help="decoder chunk sizes (default: the decoder's choice for "
                                                          "the device), e.g. 131072,131072")
-    parser.add_argument("--amp", default="off", choices=AMP_MODES,
-                        help="autocast the networks like model.upscale(amp=...); default off (float32)")
+    parser.add_argument("--amp", nargs="+", default=["off"], choices=AMP_MODES,
+                        help="run the networks like model.upscale(amp=...); default off (float32). Several modes "
+                             "(e.g. off auto) run one after the other on each architecture, in the same process, "
+                             "and the table gives each one's speed-up over the first")
     parser.add_argument("--rate-seconds", type=float, default=10.0,
                         help="how long each sustained matmul-rate measurement runs (before and after each "
                              "architecture)")
@@ -224,66 +237,85 @@ def main() -> None:
                              "same measure gives the matmul itself on this machine")
     args = parser.parse_args()
     device = torch.device(args.device)
-    amp_dtype = resolve_amp(args.amp, device)
-    rate_dtype = amp_dtype or torch.float32
+    modes = {mode: resolve_amp(mode, device) for mode in dict.fromkeys(args.amp)}
+    compute_dtypes = {dtype or torch.float32 for dtype in modes.values()}
     from conftest import load_golden
 
     golden = load_golden()
     print(environment_header(device, active_backend(device)))
-    print(f"# matmul rate: {str(rate_dtype).removeprefix('torch.')} 2048^3 on {device}, before and after each "
-          f"architecture: burst = the best short run, sustained = {args.rate_seconds:g} s back to back; "
-          f"amp {args.amp} ({amp_dtype or 'float32'}); tile {args.tile or 'none'}; "
-          f"decoder chunks {args.chunks or 'by device'}")
-    print(f"{'arch':<11} {'LR':>9} {'out':>11} {'encoder s':>10} {'decoder s':>10} {'stitch s':>9} {'render s':>9} "
-          f"{'total s':>8} {'out MP/s':>9} {'GFLOP':>7} {'burst GF/s':>10} {'sust GF/s':>9} {'bound s':>8} "
-          f"{'x bound':>8} {'x sust':>7} {'peak MB':>8}"
-          f"  (bound and x bound: burst rate; CPU peak: process peak RSS so far; CUDA: this architecture's peak "
-          f"allocated)")
+    print(f"# matmul rates: float32 and bf16 2048^3 on {device}, before and after each architecture: burst = the "
+          f"best short run, sustained = {args.rate_seconds:g} s back to back in each run's dtype; amp "
+          + ", ".join(f"{m} ({str(d or torch.float32).removeprefix('torch.')})" for m, d in modes.items())
+          + f"; tile {args.tile or 'none'}; decoder chunks {args.chunks or 'by device'}")
+    print(f"{'arch':<11} {'amp':<5} {'LR':>9} {'out':>11} {'encoder s':>10} {'decoder s':>10} {'stitch s':>9} "
+          f"{'render s':>9} {'total s':>8} {'speed-up':>8} {'out MP/s':>9} {'GFLOP':>7} {'f32 GF/s':>9} "
+          f"{'x f32':>6} {'bf16 GF/s':>9} {'x bf16':>6} {'sust GF/s':>9} {'x sust':>7} {'peak MB':>8}"
+          f"  (x f32 / x bf16: networks' time over their FLOPs at the burst float32 / bf16 matmul rate; x sust: at "
+          f"the sustained rate of the run's dtype; speed-up: networks' time of the first amp mode over this one's; "
+          f"CPU peak: process peak RSS so far; CUDA: this architecture's peak allocated)")
     results = {}
-    rate = matmul_rate(device, args.rate_seconds, dtype=rate_dtype)
+    rates = measured_rates(device, args.rate_seconds, compute_dtypes)
     for arch in args.archs:
         with tempfile.TemporaryDirectory() as tmp:
             model = gsasr.load_model(golden.write_official_checkpoint(arch, tmp), device=device)
         if args.chunks:
             model.decoder.max_gaussians_per_chunk, model.decoder.max_tokens_per_chunk = args.chunks
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)  # each architecture's own peak (weights included)
-        r = run_case(model, args.size, args.scale, args.repeat, device, args.tile, amp_dtype)
-        networks = r["encoder"] + r["decoder"]
-        control = matmul_stream(device, networks, rate_dtype) if args.control else None
-        rate_after = matmul_rate(device, args.rate_seconds, dtype=rate_dtype)
-        # A shared machine's speed drifts: the faster burst around the run makes the bound the stricter one; the
-        # sustained rates before and after are averaged, like the run averages over its own stretch of time.
-        r["rate"] = max(rate.burst, rate_after.burst)
-        r["rate_sustained"] = (rate.sustained + rate_after.sustained) / 2
-        rate = rate_after
-        r["gflop"] = network_flops_per_lr_pixel(model, args.scale, device) * r["lr_pixels_computed"] / 1e9
-        r["bound"] = r["gflop"] / r["rate"]
-        r["x_bound"] = networks / r["bound"]
-        r["x_sustained"] = networks / (r["gflop"] / r["rate_sustained"])
-        results[arch] = r
-        lr_size, out_size = "{1}x{0}".format(*args.size), "{1}x{0}".format(*r["out"])
-        print(f"{arch:<11} {lr_size:>9} {out_size:>11} "
-              f"{r['encoder']:>10.2f} {r['decoder']:>10.2f} {r['stitch']:>9.2f} {r['render']:>9.2f} "
-              f"{r['total']:>8.2f} {r['mp_s']:>9.3f} {r['gflop']:>7.0f} {r['rate']:>10.1f} "
-              f"{r['rate_sustained']:>9.1f} {r['bound']:>8.2f} {r['x_bound']:>8.2f} {r['x_sustained']:>7.2f} "
-              f"{r['peak_mb']:>8.0f}", flush=True)
-        if control is not None:
-            # a workload of `networks` seconds at the control's rate, measured like the networks
-            r["control"] = (r["rate"] / control, r["rate_sustained"] / control)
-            r["x_control"] = networks / (r["gflop"] / control)
-            print(f"# control: 2048^3 products back to back for {networks:.1f} s ran at {control:.1f} GFLOP/s: "
-                  f"x bound {r['control'][0]:.2f}, x sust {r['control'][1]:.2f}; the networks' time over their "
-                  f"FLOPs at the control's rate: {r['x_control']:.2f}", flush=True)
+        gflop_per_pixel = network_flops_per_lr_pixel(model, args.scale, device)
+        runs = {}
+        for mode, amp_dtype in modes.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)  # each run's own peak (weights included)
+            r = run_case(model, args.size, args.scale, args.repeat, device, args.tile, amp_dtype)
+            r["networks"] = r["encoder"] + r["decoder"]
+            if args.control:
+                r["control"] = matmul_stream(device, r["networks"], amp_dtype or torch.float32)
+            runs[mode] = r
+        rates_after = measured_rates(device, args.rate_seconds, compute_dtypes)
+        first = next(iter(runs.values()))
+        for mode, r in runs.items():
+            dtype = modes[mode] or torch.float32
+            # A shared machine's speed drifts: the faster burst around the run makes the bound the stricter one; the
+            # sustained rates before and after are averaged, like the run averages over its own stretch of time.
+            burst = {d: max(rates[d].burst, rates_after[d].burst) for d in RATE_DTYPES}
+            r["rate"], r["rate_bf16"] = burst[torch.float32], burst[torch.bfloat16]
+            r["rate_sustained"] = (rates[dtype].sustained + rates_after[dtype].sustained) / 2
+            r["gflop"] = gflop_per_pixel * r["lr_pixels_computed"] / 1e9
+            r["bound"] = r["gflop"] / burst[dtype]
+            r["x_f32"] = r["networks"] / (r["gflop"] / r["rate"])
+            r["x_bf16"] = r["networks"] / (r["gflop"] / r["rate_bf16"])
+            r["x_bound"] = r["networks"] / r["bound"]
+            r["x_sustained"] = r["networks"] / (r["gflop"] / r["rate_sustained"])
+            r["speedup"] = first["networks"] / r["networks"]
+            results[(arch, mode)] = r
+            lr_size, out_size = "{1}x{0}".format(*args.size), "{1}x{0}".format(*r["out"])
+            print(f"{arch:<11} {mode:<5} {lr_size:>9} {out_size:>11} "
+                  f"{r['encoder']:>10.2f} {r['decoder']:>10.2f} {r['stitch']:>9.2f} {r['render']:>9.2f} "
+                  f"{r['total']:>8.2f} {r['speedup']:>8.2f} {r['mp_s']:>9.3f} {r['gflop']:>7.0f} {r['rate']:>9.1f} "
+                  f"{r['x_f32']:>6.2f} {r['rate_bf16']:>9.1f} {r['x_bf16']:>6.2f} {r['rate_sustained']:>9.1f} "
+                  f"{r['x_sustained']:>7.2f} {r['peak_mb']:>8.0f}", flush=True)
+            if "control" in r:
+                control = r["control"]
+                # a workload of `networks` seconds at the control's rate, measured like the networks
+                r["control"] = (burst[dtype] / control, r["rate_sustained"] / control)
+                r["x_control"] = r["networks"] / (r["gflop"] / control)
+                print(f"# control ({mode}): 2048^3 products back to back for {r['networks']:.1f} s ran at "
+                      f"{control:.1f} GFLOP/s: x bound {r['control'][0]:.2f}, x sust {r['control'][1]:.2f}; the "
+                      f"networks' time over their FLOPs at the control's rate: {r['x_control']:.2f}", flush=True)
+        rates = rates_after
         del model
-    summary = " ".join(f"{a}_s={r['total']:.2f} {a}_matmul_gflops={r['rate']:.1f} "
-                       f"{a}_matmul_gflops_sustained={r['rate_sustained']:.1f} {a}_x_bound={r['x_bound']:.2f} "
-                       f"{a}_x_bound_sustained={r['x_sustained']:.2f}"
-                       + (f" {a}_control_x_bound={r['control'][0]:.2f} {a}_control_x_bound_sustained="
-                          f"{r['control'][1]:.2f} {a}_x_control={r['x_control']:.2f}" if "control" in r else "")
-                       for a, r in results.items())
-    print(f"RESULT size={'{1}x{0}'.format(*args.size)} scale={args.scale:g} device={device.type} amp={args.amp} "
-          f"tile={args.tile} {summary}")
+    summary = []
+    for (arch, mode), r in results.items():
+        key = arch if len(modes) == 1 else f"{arch}_{mode}"
+        summary.append(f"{key}_s={r['total']:.2f} {key}_networks_s={r['networks']:.2f} "
+                       f"{key}_matmul_gflops={r['rate']:.1f} {key}_matmul_gflops_bf16={r['rate_bf16']:.1f} "
+                       f"{key}_matmul_gflops_sustained={r['rate_sustained']:.1f} {key}_x_bound={r['x_bound']:.2f} "
+                       f"{key}_x_bound_f32={r['x_f32']:.2f} {key}_x_bound_bf16={r['x_bf16']:.2f} "
+                       f"{key}_x_bound_sustained={r['x_sustained']:.2f}"
+                       + (f" {key}_speedup={r['speedup']:.2f}" if len(modes) > 1 else "")
+                       + (f" {key}_control_x_bound={r['control'][0]:.2f} {key}_control_x_bound_sustained="
+                          f"{r['control'][1]:.2f} {key}_x_control={r['x_control']:.2f}" if "control" in r else ""))
+    print(f"RESULT size={'{1}x{0}'.format(*args.size)} scale={args.scale:g} device={device.type} "
+          f"amp={','.join(modes)} tile={args.tile} {' '.join(summary)}")
 
 
 if __name__ == "__main__":

@@ -220,6 +220,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     rows.append(("mps", "available" if mps is not None and mps.is_available() else "not available"))
     device = torch.device(_default_device())
     rows.append(("default device", str(device)))
+    rows.append(("amp auto", _amp_auto_line(device)))
     rows.append(("rasteriser", f"{active_backend(device)} (active on {device})"))
     for name, reason in available_backends().items():
         if reason is not None:
@@ -235,6 +236,20 @@ def cmd_info(args: argparse.Namespace) -> int:
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
     return 0
+
+
+def _amp_auto_line(device) -> str:
+    """What amp="auto" runs the networks in on ``device``, and why."""
+    from .environment import cpu_bf16_matrix_units
+    from .model import resolve_amp
+
+    dtype = resolve_amp("auto", device)
+    chosen = "off (float32)" if dtype is None else str(dtype).removeprefix("torch.")
+    if device.type != "cpu":
+        return f"{chosen} on {device}"
+    units = cpu_bf16_matrix_units()
+    return (f"{chosen} on cpu (native bf16 matrix instructions: {units})" if units else
+            f"{chosen} on cpu (no native bf16 matrix instructions: AMX-BF16 / AVX512-BF16)")
 
 
 if __name__ == "__main__":  # pragma: no cover

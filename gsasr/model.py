@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import tiling
+from .archs.low_precision import cast_weights
+from .environment import cpu_bf16_matrix_units
 from .errors import InsufficientMemoryError, InvalidInputError
 from .finite import all_finite
 from .render import render_gaussians
@@ -147,7 +149,9 @@ def _exact_axis_scale(n: int, target: int) -> float:
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """``auto``: bf16 on CUDA GPUs that have it, fp16 on older CUDA GPUs and Apple MPS, off on CPU."""
+    """``auto``: bf16 on CUDA GPUs that have it, fp16 on older CUDA GPUs and Apple MPS; on a CPU bf16 where it has
+    native bf16 matrix instructions (AMX-BF16, AVX512-BF16: several times float32's speed), else off (elsewhere
+    bf16 is emulated and slower than float32)."""
     if amp not in AMP_MODES:
         raise InvalidInputError(f"amp must be one of {', '.join(AMP_MODES)}, got {amp!r}.")
     if amp == "off":
@@ -160,6 +164,8 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "mps":
         return torch.float16
+    if device.type == "cpu" and cpu_bf16_matrix_units() is not None:
+        return torch.bfloat16
     return None
 
 
@@ -220,12 +226,21 @@ class GSASRModel(nn.Module):
 
     def _networks(self, x: torch.Tensor, scale: float, amp: str) -> torch.Tensor:
         """Encoder + decoder on padded images (sides multiples of the denominator): (B, 16 h w, 9)."""
-        amp_dtype = resolve_amp(amp, x.device)
-        ctx = (torch.autocast(device_type=x.device.type, dtype=amp_dtype) if amp_dtype is not None
-               else contextlib.nullcontext())
-        with ctx:
+        with self.precision(resolve_amp(amp, x.device)):
             out = self.decoder(self.encoder(x), scale)
         return out if out.dtype == torch.float64 else out.float()
+
+    @contextlib.contextmanager
+    def precision(self, amp_dtype: torch.dtype | None):
+        """Where the networks run (see :func:`resolve_amp`): nothing for None (the parameters' dtype), else autocast
+        to ``amp_dtype``; on a CPU also with the weights cast once and convolutions channels-last
+        (archs/low_precision.py), where bf16 products are so fast that per-call weight casts would matter."""
+        with contextlib.ExitStack() as stack:
+            if amp_dtype is not None:
+                stack.enter_context(torch.autocast(device_type=self.device.type, dtype=amp_dtype))
+                if self.device.type == "cpu":
+                    stack.enter_context(cast_weights(self, amp_dtype))
+            yield
 
     def bytes_per_lr_pixel(self) -> int:
         """Conservative peak activation memory of the networks per LR pixel of a tile (see :mod:`gsasr.tiling`)."""

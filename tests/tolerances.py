@@ -115,3 +115,18 @@ TRITON_GOLDEN_RENDER_ABS = 1e-5
 # 8-bit rounding of each PNG. Measured 59.2 dB with the test model of test_real_comfyui.py, on which a one-pixel
 # shift costs 30.6 dB: 40 dB passes the first with room and fails any misplaced or mis-scaled tile.
 UPSCALE_MODEL_VS_NODE_MIN_PSNR_DB = 40.0
+
+# --- CPU bf16 path (tests/core/test_low_precision.py) ----------------------------------------------------------
+# The bf16 path (weights cast once, channels-last convolutions, stacked q/k/v products, bf16 workspace heads)
+# against plain autocast of the float32 modules, tiny model, relative to each Gaussian column's peak: the same bf16
+# roundings of the same weights and activations (measured: bitwise equal on an AMX Xeon). Other CPUs' matrix kernels
+# may block the stacked products or channels-last convolutions differently and round an intermediate one bf16 ulp
+# the other way. 1e-3 is a tenth of the bf16 path's own distance from float32 on this model (~1e-2), so it still
+# fails a wrong weight, layout or head, and a float32 run sneaking in is caught separately.
+BF16_PATH_VS_AUTOCAST_REL = 1e-3
+# The fused bf16 linear + GELU (one rounding of the float32 accumulator's GELU) against the module's linear then GELU
+# (autocast: the linear's output rounded to bf16, then the GELU's), relative to the output's peak: the two differ by
+# at most the module's two bf16 roundings (2^-8 relative each, and the first one's effect through GELU's slope <= 1.13;
+# measured <= 7e-3). 2^-6 leaves 2x margin and still fails a wrong activation or bias (a ReLU instead of the GELU
+# is up to 0.17 off, several percent of the peak).
+BF16_FUSED_GELU_REL = 2.0 ** -6

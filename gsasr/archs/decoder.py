@@ -35,6 +35,7 @@ from torch import nn
 from ..errors import CheckpointError
 from . import winograd
 from .blocks import Mlp, add_rope_parameters, apply_rope, rope_phases, window_partition, window_reverse
+from .low_precision import ReLU, add_, fused_linear_relu_applies, linear, linear_relu, relu_
 from .window_chunks import WindowChunks
 from .workspace import Workspace
 
@@ -137,6 +138,19 @@ class WindowAttention(nn.Module):
         """(N, T, C) -> (N, heads, T, head_dim)."""
         return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
 
+    def _projections(self, query: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """q, k, v (N, T, C). In float32/float64 three products, as the official model. With weights in a reduced
+        precision (low_precision.py, under autocast) the activations are cast once and k, v (and q, in
+        self-attention) come from one product with the weights stacked: the same roundings, fewer passes."""
+        weight = self.qhead.weight
+        if weight.dtype in (torch.float32, torch.float64):
+            return self.qhead(query), self.khead(context), self.vhead(context)
+        heads = (self.qhead, self.khead, self.vhead) if query is context else (self.khead, self.vhead)
+        stacked = linear(context, torch.cat([h.weight for h in heads]), torch.cat([h.bias for h in heads]))
+        if query is context:
+            return stacked.chunk(3, dim=-1)
+        return (linear(query, self.qhead.weight, self.qhead.bias), *stacked.chunk(2, dim=-1))
+
     def position_terms(self) -> torch.Tensor:
         """What encodes token positions, the same for every window: the (heads, T, T) bias or the RoPE phases.
         The decoder computes it once per layer and passes it to every chunk of windows."""
@@ -149,21 +163,24 @@ class WindowAttention(nn.Module):
                 position: torch.Tensor | None = None) -> torch.Tensor:
         """query (N, Tq, C), context (N, Tk, C) -> (N, Tq, C); N = batch * windows. ``position``: this module's
         :meth:`position_terms` (computed here when not given)."""
-        q = self._split_heads(self.qhead(query))
-        k = self._split_heads(self.khead(context))
-        v = self._split_heads(self.vhead(context))
+        q, k, v = (self._split_heads(t) for t in self._projections(query, context))
         if position is None:
             position = self.position_terms()
         bias = None
         if self.position == "bias":
             bias = position.to(q.dtype)
+            if q.dtype in (torch.bfloat16, torch.float16) and q.device.type == "cpu":
+                # As a (windows, heads, T, T) view (no copy) the bias takes the fused kernel; as (heads, T, T) PyTorch's
+                # CPU attention took a path 5x slower (measured, bf16). Not in float32, whose numbers stay bitwise
+                # (there the two paths round differently, ~1e-6); GPUs keep what they had.
+                bias = bias.expand(q.shape[0], *bias.shape)
         else:
             q, k = apply_rope(q, position), apply_rope(k, position)
         # Default SDPA scale is head_dim^-0.5, the official scale in both forms. The paper's bias is the only
         # additive term: neither form masks the wrapped-around tokens of shifted windows. The decoder calls this on
         # chunks of a few windows (WindowChunks), which bounds the logits held at once.
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        return self.proj(out.transpose(1, 2).flatten(2))
+        return linear(out.transpose(1, 2).flatten(2), self.proj.weight, self.proj.bias)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -197,10 +214,10 @@ class CrossAttentionLayer(nn.Module):
         position = self.window_cross_attn.position_terms()
 
         def step(x: torch.Tensor, image: int, w0: int, w1: int) -> None:
-            x += scale_term[image]
-            x += self.mlp_crossattn_scale(self.norm2(x))
-            x += self.window_cross_attn(self.norm3(x) + pos, context[w0:w1], position)
-            x += self.mlp_crossattn_feature(self.norm4(x))
+            add_(x, scale_term[image])
+            add_(x, self.mlp_crossattn_scale(self.norm2(x)))
+            add_(x, self.window_cross_attn(self.norm3(x) + pos, context[w0:w1], position))
+            add_(x, self.mlp_crossattn_feature(self.norm4(x)))
 
         chunks.update(x, step)
 
@@ -228,11 +245,11 @@ class SelfAttentionLayer(nn.Module):
         position = self.gs_self_attn.position_terms()
 
         def step(x: torch.Tensor, image: int, w0: int, w1: int) -> None:
-            x += scale_term[image]
-            x += self.mlp_crossattn(self.norm4(x))
+            add_(x, scale_term[image])
+            add_(x, self.mlp_crossattn(self.norm4(x)))
             y = self.norm1(x)
-            x += self.gs_self_attn(y, y, position)
-            x += self.mlp_selfattn(self.norm2(x))
+            add_(x, self.gs_self_attn(y, y, position))
+            add_(x, self.mlp_selfattn(self.norm2(x)))
 
         # [QUIRK] Shifted layers roll the whole grid by -ws/2 and back, with no attention mask: tokens that wrapped
         # around the image edge attend to each other as if they were neighbours. Every other step of the layer is
@@ -242,7 +259,7 @@ class SelfAttentionLayer(nn.Module):
 
 def _block_mlp(dim: int) -> nn.Sequential:
     """Linear-ReLU-Linear as an nn.Sequential (official keys ``mlp.0`` / ``mlp.2``)."""
-    return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim))
+    return nn.Sequential(nn.Linear(dim, dim), ReLU(), nn.Linear(dim, dim))
 
 
 class _ResidualLayerStack(nn.Module):
@@ -308,23 +325,30 @@ def _gaussian_head(dim: int, out: int) -> nn.Sequential:
     """Per-token MLP C -> C -> 4C -> out (official keys ``.0``, ``.2``, ``.4``)."""
     # In-place ReLUs: the 4C activations of a chunk are the largest tensors of the decoder; not allocating a second
     # copy saves its memory traffic (~13 % of the decoder's time on a CPU). Same values.
-    return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, 4 * dim), nn.ReLU(inplace=True),
-                         nn.Linear(4 * dim, out))
+    return nn.Sequential(nn.Linear(dim, dim), ReLU(), nn.Linear(dim, 4 * dim), ReLU(), nn.Linear(4 * dim, out))
 
 
 def _run_head(head: nn.Sequential, tokens: torch.Tensor, workspace: Workspace) -> torch.Tensor:
     """``head(tokens)`` for a :func:`_gaussian_head`, (B, n, C) -> (B, n, out), its two hidden activations in the
     ``workspace`` (the largest tensors of the decoder, allocated once per forward instead of once per strip and
-    head). The same operations as the modules; under autocast the modules themselves run (autocast has no
-    ``out=`` forms)."""
-    if torch.is_autocast_enabled(tokens.device.type):
-        return head(tokens)
+    head). The same operations as the modules. Under autocast with float32 weights the modules themselves run
+    (autocast has no ``out=`` forms); with weights already in the tokens' dtype (low_precision.py) the products are
+    autocast's own: on a CPU in bf16 each hidden layer is one product with its bias and ReLU fused
+    (low_precision.linear_relu, faster than the workspace's three passes), otherwise the workspace path runs in that
+    dtype."""
     first, wide, last = head[0], head[2], head[4]
+    device = tokens.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else tokens.dtype
+    if any(layer.weight.dtype != dtype for layer in (first, wide, last)) or tokens.dtype != dtype:
+        return head(tokens)
     x = tokens.reshape(-1, tokens.shape[-1])
+    if fused_linear_relu_applies(x, first.weight):  # bf16 on a CPU: bias and ReLU fused into the products
+        wide_out = linear_relu(linear_relu(x, first), wide)
+        return linear(wide_out, last.weight, last.bias).view(*tokens.shape[:-1], -1)
     hidden = workspace.take("head_hidden", (x.shape[0], first.out_features), x.dtype)
-    torch.addmm(first.bias, x, first.weight.t(), out=hidden).relu_()
+    relu_(torch.addmm(first.bias, x, first.weight.t(), out=hidden))
     activations = workspace.take("head_wide", (x.shape[0], wide.out_features), x.dtype)
-    torch.addmm(wide.bias, hidden, wide.weight.t(), out=activations).relu_()
+    relu_(torch.addmm(wide.bias, hidden, wide.weight.t(), out=activations))
     return F.linear(activations, last.weight, last.bias).view(*tokens.shape[:-1], -1)
 
 

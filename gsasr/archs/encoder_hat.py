@@ -35,6 +35,7 @@ from torch import nn
 
 from ..errors import CheckpointError, InvalidInputError
 from .blocks import Mlp, add_rope_parameters, apply_rope, rope_phases, window_partition, window_reverse
+from .low_precision import linear
 
 
 def _nchw(x: torch.Tensor) -> torch.Tensor:
@@ -105,13 +106,14 @@ class WindowAttention(nn.Module):
         """(num_windows * B, n, C) -> (num_windows * B, n, C)."""
         bn, n, c = windows.shape
         # channels of q/k/v are split head-major: (3, heads, head_dim), as in the checkpoint's qkv layout
-        qkv = self.qkv(windows).reshape(bn, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = linear(windows, self.qkv.weight, self.qkv.bias)
+        qkv = qkv.reshape(bn, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
         phases = rope_phases(self.rope_freqs, self.rope_t_x, self.rope_t_y)
         q, k = apply_rope(q, phases), apply_rope(k, phases)
         # [QUIRK] no attention mask even in shifted blocks, no relative-position bias; default 1/sqrt(d) scale
         out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(bn, n, c))
+        return linear(out.transpose(1, 2).reshape(bn, n, c), self.proj.weight, self.proj.bias)
 
 
 class HAB(nn.Module):
@@ -180,7 +182,7 @@ class OCAB(nn.Module):
         b, h, w, c = x.shape
         ws, ows, p = self.window_size, self.overlap_win_size, self.padding
         shortcut = x
-        qkv = self.qkv(self.norm1(x))  # (B, H, W, 3C): q | k | v
+        qkv = linear(self.norm1(x), self.qkv.weight, self.qkv.bias)  # (B, H, W, 3C): q | k | v
 
         q = window_partition(qkv[..., :c], ws)  # (B*nW, ws*ws, C)
         kv = F.pad(qkv[..., c:], (0, 0, p, p, p, p))  # zero border on H and W
@@ -199,7 +201,7 @@ class OCAB(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v)
         out = window_reverse(out.transpose(1, 2).reshape(bn, ws * ws, c), ws, h, w)
 
-        x = self.proj(out) + shortcut
+        x = linear(out, self.proj.weight, self.proj.bias) + shortcut
         return x + self.mlp(self.norm2(x))
 
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from . import winograd
 from .blocks import window_partition, window_reverse
+from .low_precision import add_
 from .workspace import Workspace
 
 # (chunk (n, T, C), image index, first window, end window) -> None; updates the chunk in place.
@@ -119,4 +120,4 @@ class WindowChunks:
                 out = channels_last_conv(strip[None], (1, 1, 0, 0), self.workspace)
                 out = window_partition(out, ws)  # (windows of the strip, T, C)
                 first = (image * window_rows + r0) * across
-                dst[first:first + out.shape[0]] += out
+                add_(dst[first:first + out.shape[0]], out)

@@ -19,6 +19,7 @@ from gsasr.archs.decoder import (
     infer_decoder_config,
 )
 from gsasr.archs.encoder_edsr import EDSREncoder
+from gsasr.archs.low_precision import cast_weights
 from gsasr.archs.workspace import Workspace
 
 TINY = dict(in_channels=16, channels=24, num_heads=2, window_size=4, num_crossattn_blocks=1,
@@ -308,3 +309,17 @@ def test_state_dict_matches_the_official_contract(arch):
         assert tuple(ours[key].shape) == shape and str(ours[key].dtype) == f"torch.{dtype}", key
         assert (key in buffers) == (kind == "buffer"), key
     dec.load_state_dict(sd, strict=True, assign=True)
+
+
+def test_heads_with_weights_cast_once_equal_the_modules():
+    """Under autocast with the weights already in bf16 (low_precision.cast_weights) the heads run in bf16 (fused
+    products on a CPU) and give autocast's own numbers."""
+    torch.manual_seed(0)
+    head = _gaussian_head(24, 2)
+    x = torch.randn(1, 10, 24)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = head(x)
+        with cast_weights(head, torch.bfloat16):
+            workspace = Workspace("cpu")
+            out = _run_head(head, x.bfloat16(), workspace)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, expected)

@@ -1,0 +1,137 @@
+"""The CPU bf16 path: amp="auto" follows the CPU's bf16 matrix units, weights cast once (archs/low_precision.py)
+give autocast's own numbers, and amp="off" is untouched by any of it."""
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_networks
+from tolerances import BF16_FUSED_GELU_REL, BF16_PATH_VS_AUTOCAST_REL
+
+from gsasr import environment
+from gsasr.archs.low_precision import add_, cast_weights, linear, linear_gelu, linear_relu, relu_
+from gsasr.model import GSASRModel, ModelInfo, resolve_amp
+
+
+@pytest.fixture(params=["paper", "enhanced"])
+def model(request):
+    enc, dec = tiny_networks(request.param)
+    return GSASRModel(enc, dec, ModelInfo(architecture="tiny"))
+
+
+@pytest.mark.parametrize("units, expected", [("AMX-BF16", torch.bfloat16), ("AVX512-BF16", torch.bfloat16),
+                                             (None, None)])
+def test_auto_on_a_cpu_is_bf16_exactly_where_it_has_bf16_matrix_units(monkeypatch, units, expected):
+    monkeypatch.setattr("gsasr.model.cpu_bf16_matrix_units", lambda: units)
+    assert resolve_amp("auto", torch.device("cpu")) == expected
+    assert resolve_amp("off", torch.device("cpu")) is None and resolve_amp("bf16", torch.device("cpu")) is not None
+
+
+def test_bf16_units_from_the_feature_flags_or_the_older_queries(monkeypatch):
+    cpu = torch._C._cpu
+
+    def answer(flags):
+        environment.cpu_bf16_matrix_units.cache_clear()
+        monkeypatch.setattr(cpu, "_get_cpu_capability", lambda: flags, raising=False)
+        return environment.cpu_bf16_matrix_units()
+
+    try:
+        assert answer({"amx_bf16": True, "avx512_bf16": True}) == "AMX-BF16"
+        assert answer({"amx_bf16": False, "avx512_bf16": True}) == "AVX512-BF16"
+        assert answer({"avx2": True}) is None
+        # a torch without the flags dict: the per-feature queries, and nothing known means no bf16
+        monkeypatch.delattr(cpu, "_get_cpu_capability")
+        monkeypatch.setattr(cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+        environment.cpu_bf16_matrix_units.cache_clear()
+        assert environment.cpu_bf16_matrix_units() == "AVX512-BF16"
+        monkeypatch.delattr(cpu, "_is_avx512_bf16_supported")
+        environment.cpu_bf16_matrix_units.cache_clear()
+        assert environment.cpu_bf16_matrix_units() is None
+    finally:
+        monkeypatch.undo()
+        environment.cpu_bf16_matrix_units.cache_clear()
+
+
+def test_cast_weights_swaps_restores_and_caches(model):
+    linear = model.decoder.scale_mlp[0]
+    original = linear.weight
+    with cast_weights(model, torch.bfloat16):
+        first = linear.weight
+        assert first.dtype == torch.bfloat16 and torch.equal(first, original.detach().bfloat16())
+        conv = model.decoder.UPNet[0].weight
+        assert conv.dtype == torch.bfloat16 and conv.is_contiguous(memory_format=torch.channels_last)
+        assert model.decoder.gs_embedding.dtype == torch.float32  # only Linear and Conv2d parameters are cast
+    assert linear.weight is original
+    with cast_weights(model, torch.bfloat16):
+        assert linear.weight is first  # cached
+    with torch.no_grad():
+        original.mul_(2)  # an in-place update invalidates the copies
+    with cast_weights(model, torch.bfloat16):
+        assert torch.equal(linear.weight, original.detach().bfloat16())
+    with pytest.raises(RuntimeError, match="boom"), cast_weights(model, torch.bfloat16):
+        raise RuntimeError("boom")
+    assert linear.weight is original
+
+
+def test_bf16_path_matches_plain_autocast(model):
+    """Weights cast once, channels-last convolutions, stacked attention projections and the bf16 workspace heads
+    against plain autocast of the float32 modules: the same roundings in (almost) the same order."""
+    torch.manual_seed(1)
+    x = torch.rand(1, 3, 16, 24)
+    with torch.inference_mode():
+        fast = model.gaussians(x, 2.5, amp="bf16")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            plain = model.decoder(model.encoder(x), 2.5).float()
+        exact = model.gaussians(x, 2.5, amp="off")
+    assert fast.dtype == torch.float32
+    scale = exact.abs().amax(dim=(0, 1))
+    assert ((fast - plain).abs().amax(dim=(0, 1)) / scale).max() <= BF16_PATH_VS_AUTOCAST_REL
+    # and it is a bf16 run, not float32
+    assert not torch.equal(fast, exact)
+
+
+def test_off_is_untouched_by_an_earlier_bf16_run(model):
+    x = torch.rand(1, 3, 16, 16)
+    with torch.inference_mode():
+        before = model.gaussians(x, 3.0, amp="off")
+        model.gaussians(x, 3.0, amp="bf16")
+        assert torch.equal(model.gaussians(x, 3.0, amp="off"), before)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_bf16_relu_through_the_bit_pattern_equals_relu():
+    x = torch.randn(4096).bfloat16()
+    x[:4] = torch.tensor([-0.0, float("-inf"), float("inf"), 0.0])
+    expected = torch.relu(x)
+    out = relu_(x)
+    assert out is x and torch.equal(out, expected) and not out.signbit().any()
+    y = torch.randn(100)
+    assert torch.equal(relu_(y.clone()), torch.relu(y))  # other dtypes: PyTorch's own
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fused_products_equal_the_modules(dtype):
+    """linear and linear_relu are bitwise the module (then ReLU); linear_gelu rounds once where the module rounds
+    twice, so in bf16 it is within one bf16 rounding of the module, and closer to the float32 result."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 96).to(dtype)
+    for shape in ((50, 64), (3, 7, 64)):
+        x = torch.randn(shape).to(dtype)
+        with torch.inference_mode():
+            assert torch.equal(linear(x, layer.weight, layer.bias), layer(x))
+            assert torch.equal(linear_relu(x, layer), torch.relu(layer(x)))
+            fused, module = linear_gelu(x, layer), torch.nn.functional.gelu(layer(x))
+            if dtype == torch.float32:
+                assert torch.equal(fused, module)
+            else:
+                exact = torch.nn.functional.gelu(torch.nn.functional.linear(x.float(), layer.weight.float(),
+                                                                            layer.bias.float()))
+                peak = exact.abs().max()
+                assert (fused.float() - module.float()).abs().max() <= BF16_FUSED_GELU_REL * peak
+                assert (fused.float() - exact).abs().max() <= (module.float() - exact).abs().max()
+
+
+def test_stream_plus_bf16_branch_is_the_float32_sum():
+    x = torch.randn(5, 7)
+    term = torch.randn(5, 7).bfloat16()
+    expected = x + term
+    assert add_(x, term) is x and torch.equal(x, expected)
