@@ -64,6 +64,23 @@ def write_official_folder(folder: Path, form: str = "enhanced", wrapper: str = "
     return folder
 
 
+def write_visible_model(folder: Path) -> Path:
+    """A generated model (official layout) whose output shows structure instead of clipping to flat white.
+
+    Random weights make every Gaussian's colour sigmoid(rgb) x sigmoid(alpha) about 0.5, and the dozen Gaussians
+    that overlap a pixel then add up to ~4.6, clipped to 1. A constant alpha of sigmoid(-2.5) brings the sum to
+    mid-grey and a 10x larger colour head spreads it over most of [0, 1], so comparisons between outputs mean
+    something (a one-pixel shift of it costs ~31 dB)."""
+    write_official_folder(folder)
+    checkpoint = torch.load(folder / "decoder.pth")
+    for weights in checkpoint.values():
+        weights["mlp_block_rgb.4.weight"] *= 10.0
+        weights["mlp_block_alpha.4.weight"].zero_()
+        weights["mlp_block_alpha.4.bias"].fill_(-2.5)
+    torch.save(checkpoint, folder / "decoder.pth")
+    return folder
+
+
 @pytest.fixture
 def tiny_model_dir(tmp_path: Path) -> Path:
     return write_official_folder(tmp_path / "tiny_model")

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_official_folder
+from conftest import write_visible_model
 from tolerances import UPSCALE_MODEL_VS_NODE_MIN_PSNR_DB
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # comfy_server.py beside this file
@@ -34,25 +34,6 @@ pytestmark = [
     pytest.mark.skipif(not CONFIGURED, reason="no ComfyUI configured (set COMFY_GIT_DIR or COMFY_DIR)"),
     pytest.mark.skipif(not SCRIPT.is_file(), reason=f"no ComfyUI harness at {SCRIPT} (set COMFY_E2E_SCRIPT)"),
 ]
-
-
-def write_visible_model(folder: Path) -> Path:
-    """A generated model (official layout) whose output shows structure instead of clipping to flat white.
-
-    Random weights make every Gaussian's colour sigmoid(rgb) x sigmoid(alpha) about 0.5, and the dozen Gaussians
-    that overlap a pixel then add up to ~4.6, clipped to 1. A constant alpha of sigmoid(-2.5) brings the sum to
-    mid-grey and a 10x larger colour head spreads it over most of [0, 1], so comparisons between outputs mean
-    something (a one-pixel shift of it costs ~31 dB)."""
-    import torch
-
-    write_official_folder(folder)
-    checkpoint = torch.load(folder / "decoder.pth")
-    for weights in checkpoint.values():
-        weights["mlp_block_rgb.4.weight"] *= 10.0
-        weights["mlp_block_alpha.4.weight"].zero_()
-        weights["mlp_block_alpha.4.bias"].fill_(-2.5)
-    torch.save(checkpoint, folder / "decoder.pth")
-    return folder
 
 
 @pytest.fixture(scope="module")
