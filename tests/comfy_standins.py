@@ -392,14 +392,16 @@ def node_classes(pack) -> dict[str, type]:
 @pytest.fixture
 def run_node(node_classes):
     """``run_node(node_id, **inputs)`` executes a V3 node as ComfyUI does (``cls.execute(**inputs)`` with every
-    input of its schema) and returns its outputs as a tuple."""
+    input of its schema, under ``torch.inference_mode()`` like ComfyUI's executor, so a model loaded by a node has
+    inference-tensor weights) and returns its outputs as a tuple."""
     def run(node_id: str, **inputs):
         cls = node_classes[node_id]
         schema = cls.GET_SCHEMA()
         required = {i.id for i in schema.inputs if not i.optional}
         known = {i.id for i in schema.inputs}
         assert required <= set(inputs) <= known, f"{node_id}: inputs {sorted(inputs)}, schema {sorted(known)}"
-        out = cls.execute(**inputs)
+        with torch.inference_mode():
+            out = cls.execute(**inputs)
         assert isinstance(out, NodeOutput) and len(out.args) == len(schema.outputs)
         return out.args
 

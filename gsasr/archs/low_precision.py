@@ -7,7 +7,9 @@ weights in the layout oneDNN does not want, cost about as much as the products t
 
 :func:`cast_weights` swaps, for the duration of a block, every Linear's and Conv2d's weight and bias for a copy in
 the low-precision dtype (convolution weights channels-last, the layout oneDNN's bf16 kernels run fastest on). The
-copies are made once per model and dtype and kept until a parameter changes (a new tensor or an in-place update).
+copies are made once per model and dtype and kept until a parameter changes (a new tensor or an in-place update);
+parameters made under ``torch.inference_mode()`` have no version counter, so for them the copies are made once per
+block and not kept.
 Autocast still runs around it and casts the activations exactly as before, so the numbers are autocast's own: the
 same rounding of the same weights, only not repeated.
 """
@@ -44,11 +46,16 @@ def cast_weights(model: nn.Module, dtype: torch.dtype):
     module itself); the pipeline runs one forward at a time.
     """
     slots = _slots(model)
-    key = (dtype, tuple((id(value), value.data_ptr(), value._version) for _, _, value in slots))
-    cache = getattr(model, _CACHE_ATTRIBUTE, None)
-    if cache is None or cache[0] != key:
-        cache = (key, [_cast(name, value, dtype) for _, name, value in slots])
-        object.__setattr__(model, _CACHE_ATTRIBUTE, cache)  # a plain attribute, not a submodule or buffer
+    if any(value.is_inference() for _, _, value in slots):
+        # Made under torch.inference_mode() (ComfyUI runs its nodes there, loader included): such tensors keep no
+        # version counter, so an in-place update could not be noticed. Cast once for this forward, keep nothing.
+        cache = (None, [_cast(name, value, dtype) for _, name, value in slots])
+    else:
+        key = (dtype, tuple((id(value), value.data_ptr(), value._version) for _, _, value in slots))
+        cache = getattr(model, _CACHE_ATTRIBUTE, None)
+        if cache is None or cache[0] != key:
+            cache = (key, [_cast(name, value, dtype) for _, name, value in slots])
+            object.__setattr__(model, _CACHE_ATTRIBUTE, cache)  # a plain attribute, not a submodule or buffer
     try:
         for (module, name, _), cast in zip(slots, cache[1], strict=True):
             module._parameters[name] = cast

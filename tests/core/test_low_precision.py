@@ -72,6 +72,22 @@ def test_cast_weights_swaps_restores_and_caches(model):
     assert linear.weight is original
 
 
+def test_cast_weights_of_a_model_made_under_inference_mode(model):
+    """ComfyUI runs its nodes, the loader included, under torch.inference_mode(): the parameters are then inference
+    tensors, which keep no version counter. bf16 must still run, and give the same numbers, and an in-place weight
+    update must still be seen (nothing is cached for such a model)."""
+    x = torch.rand(1, 3, 16, 16)
+    with torch.inference_mode():
+        expected = model.gaussians(x, 2.0, amp="bf16")
+        enc, dec = tiny_networks(model.decoder.form)
+        made_there = GSASRModel(enc, dec, ModelInfo(architecture="tiny"))
+        made_there.load_state_dict(model.state_dict())
+        assert all(p.is_inference() for p in made_there.parameters())
+        assert torch.equal(made_there.gaussians(x, 2.0, amp="bf16"), expected)
+        made_there.decoder.mlp_block_rgb[0].weight.mul_(2)
+        assert not torch.equal(made_there.gaussians(x, 2.0, amp="bf16"), expected)
+
+
 def test_bf16_path_matches_plain_autocast(model):
     """Weights cast once, channels-last convolutions, stacked attention projections and the bf16 workspace heads
     against plain autocast of the float32 modules: the same roundings in (almost) the same order."""
