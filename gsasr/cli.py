@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--no-clamp", action="store_true", help=argparse.SUPPRESS)
 
     conv = sub.add_parser("convert", help="official folder <-> single .safetensors file")
-    conv.add_argument("source", help="a released name, an official folder (encoder.pth + decoder.pth), or a .safetensors")
+    conv.add_argument("source",
+                      help="a released name, an official folder (encoder.pth + decoder.pth), or a .safetensors")
     conv.add_argument("destination", type=Path, help="a .safetensors file, or a folder for the official layout")
     conv.add_argument("--overwrite", action="store_true", help="replace existing files")
     conv.add_argument("--models-dir", type=Path, help="where released models are stored/downloaded")

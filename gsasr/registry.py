@@ -135,7 +135,7 @@ def download(name: str, models_dir: str | os.PathLike | None = None, *, revision
         return Path(fetched[0]).parent
     target = Path(models_dir) / release.name
     target.mkdir(parents=True, exist_ok=True)
-    for part, src in zip(PARTS, fetched):
+    for part, src in zip(PARTS, fetched, strict=True):
         _link_or_copy(Path(src), target / f"{part}.pth")
     return target
 
@@ -251,7 +251,8 @@ def _verify(release: Release, files: list[str]) -> None:
         found = architecture_name(kind.name, config)
     except CheckpointError as exc:
         _remove(files)
-        raise CheckpointError(f"The downloaded {release.name} files failed verification and were deleted: {exc}") from exc
+        raise CheckpointError(f"The downloaded {release.name} files failed verification and were deleted: "
+                              f"{exc}") from exc
     if found != release.architecture:
         _remove(files)
         raise CheckpointError(f"The downloaded {release.name} files hold a {found} model, expected "
