@@ -167,18 +167,18 @@ def one_run(model, x: torch.Tensor, scale: float, tile: int, canvas: tuple[int, 
     clock = {"encoder": 0.0, "decoder": 0.0}
 
     def networks(crop):
-        with model.precision(amp_dtype):
-            feat, t_enc = timed(lambda: model.encoder(crop), device)
-            gs, t_dec = timed(lambda: model.decoder(feat, scale), device)
+        feat, t_enc = timed(lambda: model.encoder(crop), device)
+        gs, t_dec = timed(lambda: model.decoder(feat, scale), device)
         clock["encoder"] += t_enc
         clock["decoder"] += t_dec
         return gs
 
-    if tile:
-        gs, t_all = timed(lambda: tiling.tiled_gaussians(networks, x, tile, model.denominator), device)
-        t_stitch = t_all - clock["encoder"] - clock["decoder"]
-    else:
-        gs, t_stitch = networks(x)[0], 0.0
+    with model.precision(amp_dtype):  # once for all tiles, as model.upscale does
+        if tile:
+            gs, t_all = timed(lambda: tiling.tiled_gaussians(networks, x, tile, model.denominator), device)
+            t_stitch = t_all - clock["encoder"] - clock["decoder"]
+        else:
+            gs, t_stitch = networks(x)[0], 0.0
     _, t_render = timed(lambda: tiling.render_in_strips(gs, scale, canvas, out_hw, dmax=0.1, backend="auto"), device)
     return clock | {"stitch": t_stitch, "render": t_render}
 

@@ -225,9 +225,13 @@ class GSASRModel(nn.Module):
         return pad_to_multiple(image.to(self.device, compute_dtype), self.denominator)
 
     def _networks(self, x: torch.Tensor, scale: float, amp: str) -> torch.Tensor:
-        """Encoder + decoder on padded images (sides multiples of the denominator): (B, 16 h w, 9)."""
+        """Encoder + decoder on padded images (sides multiples of the denominator) in ``amp``: (B, 16 h w, 9)."""
         with self.precision(resolve_amp(amp, x.device)):
-            out = self.decoder(self.encoder(x), scale)
+            return self._run_networks(x, scale)
+
+    def _run_networks(self, x: torch.Tensor, scale: float) -> torch.Tensor:
+        """:meth:`_networks` in the precision the caller entered (once for all the tiles of an image)."""
+        out = self.decoder(self.encoder(x), scale)
         return out if out.dtype == torch.float64 else out.float()
 
     @contextlib.contextmanager
@@ -337,12 +341,15 @@ class GSASRModel(nn.Module):
                      interrupt: Callable[[], None] | None = None) -> torch.Tensor:
         scale = geometry.condition_scale
         padded = self._pad(image)
-        if tile == 0:
-            gaussians = self._networks(padded, scale, amp)[0]
-            on_tile()
-        else:
-            gaussians = tiling.tiled_gaussians(lambda x: self._networks(x, scale, amp), padded, tile,
-                                               self.denominator, on_tile)
+        # One precision context for all tiles: on a CPU it casts the weights to bf16 once per image (every time for
+        # weights made under inference_mode, which cannot be cached), not once per tile.
+        with self.precision(resolve_amp(amp, padded.device)):
+            if tile == 0:
+                gaussians = self._run_networks(padded, scale)[0]
+                on_tile()
+            else:
+                gaussians = tiling.tiled_gaussians(lambda x: self._run_networks(x, scale), padded, tile,
+                                                   self.denominator, on_tile)
         canvas = geometry.canvas_hw((padded.shape[-2], padded.shape[-1]))
         del padded
         sy, sx = geometry.scale_hw

@@ -102,7 +102,9 @@ class NodeOutput:
 
 
 class ComfyNode:
-    """Base of V3 nodes: classmethods only; ComfyUI calls ``execute(**inputs)`` on the class."""
+    """Base of V3 nodes: classmethods only; ComfyUI calls ``execute(**inputs)`` on the class. The methods a node
+    must (define_schema, execute) or may (fingerprint_inputs) override raise NotImplementedError, as in ComfyUI's
+    own ``io.ComfyNode``, so a node that forgets one fails here as it would there."""
 
     @classmethod
     def define_schema(cls) -> Schema:
@@ -151,7 +153,7 @@ class ComfyExtension:
         pass
 
     async def get_node_list(self) -> list:
-        raise NotImplementedError
+        raise NotImplementedError  # abstract in ComfyUI too: every extension lists its nodes
 
 
 def _v3_modules() -> dict[str, types.ModuleType]:

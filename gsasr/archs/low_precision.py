@@ -9,7 +9,7 @@ weights in the layout oneDNN does not want, cost about as much as the products t
 the low-precision dtype (convolution weights channels-last, the layout oneDNN's bf16 kernels run fastest on). The
 copies are made once per model and dtype and kept until a parameter changes (a new tensor or an in-place update);
 parameters made under ``torch.inference_mode()`` have no version counter, so for them the copies are made once per
-block and not kept.
+block and not kept. The model enters the block once per image, around all its tiles.
 Autocast still runs around it and casts the activations exactly as before, so the numbers are autocast's own: the
 same rounding of the same weights, only not repeated.
 """
@@ -48,7 +48,8 @@ def cast_weights(model: nn.Module, dtype: torch.dtype):
     slots = _slots(model)
     if any(value.is_inference() for _, _, value in slots):
         # Made under torch.inference_mode() (ComfyUI runs its nodes there, loader included): such tensors keep no
-        # version counter, so an in-place update could not be noticed. Cast once for this forward, keep nothing.
+        # version counter, so an in-place update could not be noticed. Cast for this block only, keep nothing (the
+        # model enters the block once per image, so this costs ~14 ms for EDSR, ~65 ms for HAT-L on 2 cores).
         cache = (None, [_cast(name, value, dtype) for _, name, value in slots])
     else:
         key = (dtype, tuple((id(value), value.data_ptr(), value._version) for _, _, value in slots))

@@ -88,6 +88,22 @@ def test_cast_weights_of_a_model_made_under_inference_mode(model):
         assert not torch.equal(made_there.gaussians(x, 2.0, amp="bf16"), expected)
 
 
+def test_weights_are_cast_once_per_image_not_once_per_tile(model, monkeypatch):
+    """Uncacheable weights (made under inference_mode) are cast once for all the tiles of an image."""
+    from gsasr.archs import low_precision
+
+    with torch.inference_mode():
+        enc, dec = tiny_networks(model.decoder.form)
+        made_there = GSASRModel(enc, dec, ModelInfo(architecture="tiny"))
+    casts, tiles = [], []
+    real_cast = low_precision._cast
+    monkeypatch.setattr(low_precision, "_cast", lambda *args: casts.append(args[0]) or real_cast(*args))
+    made_there.upscale(torch.rand(1, 3, 40, 40), 2.0, tile=12, amp="bf16",
+                       progress=lambda done, total: tiles.append(total))
+    assert tiles and tiles[-1] > 1  # it was tiled
+    assert len(casts) == len(low_precision._slots(made_there))  # each weight cast once, for every tile
+
+
 def test_bf16_path_matches_plain_autocast(model):
     """Weights cast once, channels-last convolutions, stacked attention projections and the bf16 workspace heads
     against plain autocast of the float32 modules: the same roundings in (almost) the same order."""

@@ -144,16 +144,16 @@ def test_a_nan_centre_in_a_strip_is_an_error_not_a_silent_gap(count):
 
 def _fail_first_calls(monkeypatch, model, failures: int, message: str = CPU_OOM) -> list:
     """Make the first ``failures`` network runs raise like an allocator failure; returns the crop shapes run."""
-    real = model._networks
+    real = model._run_networks
     calls: list = []
 
-    def networks(x, scale, amp):
+    def networks(x, scale):
         calls.append(tuple(x.shape[-2:]))
         if len(calls) <= failures:
             raise RuntimeError(message)
-        return real(x, scale, amp)
+        return real(x, scale)
 
-    monkeypatch.setattr(model, "_networks", networks)
+    monkeypatch.setattr(model, "_run_networks", networks)
     return calls
 
 

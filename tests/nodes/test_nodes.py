@@ -262,15 +262,15 @@ def test_cancel_stops_inside_a_tile_and_leaves_the_model_with_comfyui(run_node, 
 
 def test_out_of_memory_is_retried_with_smaller_tiles(run_node, model, monkeypatch):
     calls = []
-    real = type(model.model)._networks
+    real = type(model.model)._run_networks
 
-    def networks_failing_on_big_tiles(self, x, scale, amp):
+    def networks_failing_on_big_tiles(self, x, scale):
         calls.append(tuple(x.shape[-2:]))
         if len(calls) == 1:  # the first, untiled attempt
             raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough memory")
-        return real(self, x, scale, amp)
+        return real(self, x, scale)
 
-    monkeypatch.setattr(type(model.model), "_networks", networks_failing_on_big_tiles)
+    monkeypatch.setattr(type(model.model), "_run_networks", networks_failing_on_big_tiles)
     (out,) = run_node("GSASRUpscale", gsasr_model=model, image=_image(h=48, w=48), scale=2.0, tile_size=0,
                       amp="off")
     assert out.shape == (1, 96, 96, 3)
