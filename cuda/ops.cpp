@@ -20,6 +20,14 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> terms_cpu
                                                                                   double step_h, double step_w,
                                                                                   int64_t canvas_h, int64_t canvas_w);
 
+torch::Tensor residual_layer_norm_cpu(const torch::Tensor& x, const c10::optional<torch::Tensor>& term,
+                                      const c10::optional<torch::Tensor>& gamma,
+                                      const c10::optional<torch::Tensor>& beta, double eps, bool normalize,
+                                      bool generic);
+void rope_cpu_(const torch::Tensor& tokens, int64_t columns, int64_t width, const torch::Tensor& rotation,
+               bool generic);
+bool network_kernels_vectorized();
+
 #ifdef GSASR_WITH_CUDA
 torch::Tensor boxes_cuda(const torch::Tensor& params, int64_t canvas_h, int64_t canvas_w, int64_t y0, int64_t x0,
                          int64_t h, int64_t w);
@@ -191,4 +199,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("terms", &gsasr::terms, "CPU: per-Gaussian terms (centre, sigma, conic, colour), as reference.gaussian_terms");
   m.def("render_terms", &gsasr::render_terms,
         "CPU: render the region from the per-Gaussian terms (k-sigma ellipses, tile ranges found here)");
+  m.def("residual_layer_norm", &gsasr::residual_layer_norm_cpu,
+        "CPU, networks' bf16 path: x += term in place, then LayerNorm(x) rounded to bf16 (when normalize)",
+        py::arg("x"), py::arg("term"), py::arg("weight"), py::arg("bias"), py::arg("eps"), py::arg("normalize"), py::arg("generic") = false);
+  m.def("rope_", &gsasr::rope_cpu_,
+        "CPU, networks' bf16 path: rotate the first `columns` bf16 channels of every token by mixed 2-D RoPE",
+        py::arg("tokens"), py::arg("columns"), py::arg("width"), py::arg("rotation"), py::arg("generic") = false);
+  m.def("network_kernels_vectorized", &gsasr::network_kernels_vectorized,
+        "True when this CPU runs residual_layer_norm and rope_ vectorised (AVX-512 with bf16 conversions)");
 }

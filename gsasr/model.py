@@ -26,11 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import tiling
-from .archs.low_precision import cast_weights
+from .archs.low_precision import cast_weights, fused_glue
 from .environment import cpu_bf16_matrix_units
 from .errors import InsufficientMemoryError, InvalidInputError
 from .finite import all_finite
-from .render import render_gaussians
+from .render import cpu_network_kernels, render_gaussians
 
 MIN_SCALE_EXCLUSIVE = 1.0   # GSASR is an upscaler; for shrinking use a plain resize
 MAX_SCALE = 32.0            # the paper evaluates up to x30
@@ -244,6 +244,8 @@ class GSASRModel(nn.Module):
                 stack.enter_context(torch.autocast(device_type=self.device.type, dtype=amp_dtype))
                 if self.device.type == "cpu":
                     stack.enter_context(cast_weights(self, amp_dtype))
+                    if amp_dtype == torch.bfloat16:  # the fused glue kernels write bf16
+                        stack.enter_context(fused_glue(cpu_network_kernels()))
             yield
 
     def bytes_per_lr_pixel(self) -> int:

@@ -88,6 +88,14 @@ def rope_phases(freqs: torch.Tensor, t_x: torch.Tensor, t_y: torch.Tensor) -> to
         return torch.polar(torch.ones_like(angle), angle)
 
 
+def rope_rotation(phases: torch.Tensor) -> torch.Tensor:
+    """The phases (heads, N, head_dim / 2) as the fused kernel's float32 (2, heads, N, head_dim) table: per channel
+    pair [cos, cos] and [-sin, sin], so a pair (a, b) becomes (a cos - b sin, b cos + a sin), the complex product
+    of :func:`apply_rope`."""
+    cos, sin = phases.real.float(), phases.imag.float()
+    return torch.stack([cos.repeat_interleave(2, dim=-1), torch.stack([-sin, sin], dim=-1).flatten(-2)]).contiguous()
+
+
 def apply_rope(x: torch.Tensor, phases: torch.Tensor) -> torch.Tensor:
     """Rotate (B, heads, n, head_dim) by the first n phases; computed in at least float32 (float64 stays float64),
     returned in x's dtype."""

@@ -34,8 +34,10 @@ from torch import nn
 
 from ..errors import CheckpointError
 from . import winograd
-from .blocks import Mlp, add_rope_parameters, apply_rope, rope_phases, window_partition, window_reverse
-from .low_precision import ReLU, add_, fused_linear_relu_applies, linear, linear_relu, relu_
+from .blocks import (Mlp, add_rope_parameters, apply_rope, rope_phases, rope_rotation, window_partition,
+                     window_reverse)
+from .low_precision import (ReLU, add_, add_norm, fused_linear_relu_applies, linear, linear_relu, relu_, rope_,
+                            rope_fusable)
 from .window_chunks import WindowChunks
 from .workspace import Workspace
 
@@ -139,35 +141,57 @@ class WindowAttention(nn.Module):
         return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
 
     def _projections(self, query: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """q, k, v (N, T, C). In float32/float64 three products, as the official model. With weights in a reduced
-        precision (low_precision.py, under autocast) the activations are cast once and k, v (and q, in
-        self-attention) come from one product with the weights stacked: the same roundings, fewer passes."""
+        """The q, k, v products: (q, k, v) (N, T, C) in float32/float64, three products as the official model. With
+        weights in a reduced precision (low_precision.py, under autocast) the activations are cast once and k, v
+        (and q, in self-attention) come from one product with the weights stacked, the same roundings in fewer
+        passes: then (qkv,) (N, T, 3C) in self-attention, (q, kv) in cross-attention."""
         weight = self.qhead.weight
         if weight.dtype in (torch.float32, torch.float64):
             return self.qhead(query), self.khead(context), self.vhead(context)
         heads = (self.qhead, self.khead, self.vhead) if query is context else (self.khead, self.vhead)
         stacked = linear(context, torch.cat([h.weight for h in heads]), torch.cat([h.bias for h in heads]))
         if query is context:
-            return stacked.chunk(3, dim=-1)
-        return (linear(query, self.qhead.weight, self.qhead.bias), *stacked.chunk(2, dim=-1))
+            return (stacked,)
+        return linear(query, self.qhead.weight, self.qhead.bias), stacked
 
-    def position_terms(self) -> torch.Tensor:
-        """What encodes token positions, the same for every window: the (heads, T, T) bias or the RoPE phases.
-        The decoder computes it once per layer and passes it to every chunk of windows."""
+    def position_terms(self) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """What encodes token positions, the same for every window: the (heads, T, T) bias, or the RoPE phases and
+        their :func:`rope_rotation` table. The decoder computes it once per layer and passes it to every chunk."""
         if self.position == "bias":
             bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
             return bias.view(self.tokens, self.tokens, self.num_heads).permute(2, 0, 1)
-        return rope_phases(self.rope_freqs, self.rope_t_x, self.rope_t_y)
+        phases = rope_phases(self.rope_freqs, self.rope_t_x, self.rope_t_y)
+        return phases, rope_rotation(phases)
+
+    def _rotated_heads(self, projections: tuple[torch.Tensor, ...],
+                       position: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """q, k, v (N, heads, T, head_dim) with RoPE applied to q and k: in place on the bf16 products by the fused
+        kernel where it applies (low_precision.rope_), else by :func:`apply_rope` on the split heads."""
+        phases, rotation = position
+        width = self.num_heads * self.head_dim
+        if rope_fusable(*projections):
+            for tokens, columns in zip(projections, (2 * width,) if len(projections) == 1 else (width, width),
+                                       strict=True):
+                rope_(tokens, columns, width, rotation)  # q | k of the stacked product, or q, then k of k | v
+            return self._heads(projections)
+        q, k, v = self._heads(projections)
+        return apply_rope(q, phases), apply_rope(k, phases), v
+
+    def _heads(self, projections: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """q, k, v (N, heads, T, head_dim), views of the products of :meth:`_projections`."""
+        width = self.num_heads * self.head_dim
+        return tuple(self._split_heads(t) for p in projections for t in p.chunk(p.shape[-1] // width, dim=-1))
 
     def forward(self, query: torch.Tensor, context: torch.Tensor,
-                position: torch.Tensor | None = None) -> torch.Tensor:
+                position: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """query (N, Tq, C), context (N, Tk, C) -> (N, Tq, C); N = batch * windows. ``position``: this module's
         :meth:`position_terms` (computed here when not given)."""
-        q, k, v = (self._split_heads(t) for t in self._projections(query, context))
+        projections = self._projections(query, context)
         if position is None:
             position = self.position_terms()
         bias = None
         if self.position == "bias":
+            q, k, v = self._heads(projections)
             bias = position.to(q.dtype)
             if q.dtype in (torch.bfloat16, torch.float16) and q.device.type == "cpu":
                 # As a (windows, heads, T, T) view (no copy) the bias takes the fused kernel; as (heads, T, T) PyTorch's
@@ -175,7 +199,7 @@ class WindowAttention(nn.Module):
                 # (there the two paths round differently, ~1e-6); GPUs keep what they had.
                 bias = bias.expand(q.shape[0], *bias.shape)
         else:
-            q, k = apply_rope(q, position), apply_rope(k, position)
+            q, k, v = self._rotated_heads(projections, position)
         # Default SDPA scale is head_dim^-0.5, the official scale in both forms. The paper's bias is the only
         # additive term: neither form masks the wrapped-around tokens of shifted windows. The decoder calls this on
         # chunks of a few windows (WindowChunks), which bounds the logits held at once.
@@ -214,10 +238,11 @@ class CrossAttentionLayer(nn.Module):
         position = self.window_cross_attn.position_terms()
 
         def step(x: torch.Tensor, image: int, w0: int, w1: int) -> None:
-            add_(x, scale_term[image])
-            add_(x, self.mlp_crossattn_scale(self.norm2(x)))
-            add_(x, self.window_cross_attn(self.norm3(x) + pos, context[w0:w1], position))
-            add_(x, self.mlp_crossattn_feature(self.norm4(x)))
+            # each residual step fused with the next LayerNorm where it can be (low_precision.add_norm), except
+            # norm3, whose float32 output takes the position embedding before it is rounded
+            add_(x, self.mlp_crossattn_scale(add_norm(x, scale_term[image], self.norm2)))
+            y = add_norm(x, self.window_cross_attn(self.norm3(x) + pos, context[w0:w1], position), self.norm4)
+            add_(x, self.mlp_crossattn_feature(y))
 
         chunks.update(x, step)
 
@@ -245,11 +270,11 @@ class SelfAttentionLayer(nn.Module):
         position = self.gs_self_attn.position_terms()
 
         def step(x: torch.Tensor, image: int, w0: int, w1: int) -> None:
-            add_(x, scale_term[image])
-            add_(x, self.mlp_crossattn(self.norm4(x)))
-            y = self.norm1(x)
-            add_(x, self.gs_self_attn(y, y, position))
-            add_(x, self.mlp_selfattn(self.norm2(x)))
+            # x += scale term; x += MLP(norm4(x)); x += attention(norm1(x)); x += MLP(norm2(x)), each residual step
+            # fused with the next LayerNorm where it can be (low_precision.add_norm)
+            y = add_norm(x, self.mlp_crossattn(add_norm(x, scale_term[image], self.norm4)), self.norm1)
+            y = add_norm(x, self.gs_self_attn(y, y, position), self.norm2)
+            add_(x, self.mlp_selfattn(y))
 
         # [QUIRK] Shifted layers roll the whole grid by -ws/2 and back, with no attention mask: tokens that wrapped
         # around the image edge attend to each other as if they were neighbours. Every other step of the layer is

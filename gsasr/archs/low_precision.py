@@ -16,6 +16,8 @@ same rounding of the same weights, only not repeated.
 from __future__ import annotations
 
 import contextlib
+from contextvars import ContextVar
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
@@ -123,10 +125,82 @@ def linear_gelu(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
     return F.gelu(linear(x))
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Fused glue between the products (bf16 on a CPU). The compiled module's CPU kernels (cuda/network_cpu.cpp) do in
+# one pass what PyTorch does in four or five: widen a bf16 branch and add it to the float32 residual stream, then
+# LayerNorm the stream and round it to bf16 for the next product; rotate bf16 q and k by RoPE in float32. The model
+# hands the module in for the duration of a bf16 forward (GSASRModel.precision, through fused_glue); everywhere
+# else, and where it was not built, the functions below run PyTorch's own operations.
+# ---------------------------------------------------------------------------------------------------------------
+
+_glue: ContextVar[ModuleType | None] = ContextVar("gsasr_fused_glue", default=None)
+
+
+@contextlib.contextmanager
+def fused_glue(kernels: ModuleType | None):
+    """Inside the block (in this thread), :func:`add_`, :func:`add_norm` and :func:`rope_` use ``kernels`` (the
+    compiled module, with ``residual_layer_norm`` and ``rope_``) where their inputs fit; None changes nothing."""
+    token = _glue.set(kernels)
+    try:
+        yield
+    finally:
+        _glue.reset(token)
+
+
+def _glue_for(x: torch.Tensor) -> ModuleType | None:
+    """The fused kernels, when active and ``x`` is a contiguous float32 CPU stream."""
+    kernels = _glue.get()
+    if kernels is None or x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous():
+        return None
+    return kernels
+
+
+def _fits(term: torch.Tensor, x: torch.Tensor) -> bool:
+    """``term`` can be added by the kernel: contiguous float32/bf16, x's shape or one value per channel."""
+    return (term.dtype in (torch.float32, torch.bfloat16) and term.device.type == "cpu" and term.is_contiguous()
+            and (term.shape == x.shape or term.shape == x.shape[-1:]))
+
+
 def add_(x: torch.Tensor, term: torch.Tensor) -> torch.Tensor:
     """``x += term``. A float32 ``x`` and a bf16/fp16 ``term`` (a residual stream and an autocast branch) add through
     a float32 copy of the term: the same sum (PyTorch's mixed-dtype add also widens before adding), but its
-    mixed-dtype in-place kernel was measured ~40 % slower on a CPU than the widening copy plus a float32 add."""
+    mixed-dtype in-place kernel was measured ~40 % slower on a CPU than the widening copy plus a float32 add. Under
+    :func:`fused_glue` a bf16 term is widened and added in one pass (the same sums, bit for bit)."""
+    kernels = _glue_for(x)
+    if kernels is not None and term.dtype == torch.bfloat16 and _fits(term, x):
+        kernels.residual_layer_norm(x, term, None, None, 0.0, False)
+        return x
     if x.dtype == torch.float32 and term.dtype in (torch.bfloat16, torch.float16):
         term = term.float()
     return x.add_(term)
+
+
+def add_norm(x: torch.Tensor, term: torch.Tensor | None, norm: nn.LayerNorm) -> torch.Tensor:
+    """``x += term`` (none when None), then ``norm(x)``: a residual step followed by the next sub-layer's LayerNorm.
+
+    Under :func:`fused_glue` one pass that returns the LayerNorm already rounded to bf16, the dtype the next product
+    takes it in; the stream's sums are bitwise :func:`add_`'s, the LayerNorm is PyTorch's formula with the mean and
+    variance summed in another order (so a bf16 value may round the other way, ~1e-5 of them). Elsewhere
+    :func:`add_`, then the module (float32 under autocast, as the official model)."""
+    kernels = _glue_for(x)
+    if (kernels is not None and (term is None or _fits(term, x)) and norm.weight is not None
+            and norm.bias is not None and norm.weight.dtype == torch.float32 and len(norm.normalized_shape) == 1):
+        return kernels.residual_layer_norm(x, term, norm.weight, norm.bias, norm.eps, True)
+    if term is not None:
+        add_(x, term)
+    return norm(x)
+
+
+def rope_fusable(*tokens: torch.Tensor) -> bool:
+    """Whether :func:`rope_` applies to all of ``tokens``: under :func:`fused_glue`, contiguous bf16 CPU tensors of
+    shape (windows, T, channels)."""
+    return _glue.get() is not None and all(
+        t.dtype == torch.bfloat16 and t.device.type == "cpu" and t.dim() == 3 and t.is_contiguous() for t in tokens)
+
+
+def rope_(tokens: torch.Tensor, columns: int, width: int, rotation: torch.Tensor) -> None:
+    """Rotate the first ``columns`` channels of bf16 ``tokens`` (windows, T, channels) in place by RoPE: heads of
+    ``width`` channels side by side (q, or q | k), ``rotation`` from :func:`gsasr.archs.blocks.rope_rotation`. In
+    float32, rounded to bf16 once, as :func:`gsasr.archs.blocks.apply_rope` (bitwise in tests). Only where
+    :func:`rope_fusable` says so."""
+    _glue.get().rope_(tokens, columns, width, rotation)

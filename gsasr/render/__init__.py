@@ -67,6 +67,16 @@ def _compiled() -> tuple[ModuleType | None, str | None]:
     return _compiled_cache
 
 
+def cpu_network_kernels() -> ModuleType | None:
+    """The compiled module when it carries the networks' fused CPU kernels (cuda/network_cpu.cpp) and this CPU runs
+    them vectorised, else None. Not rendering, but the same compiled module, so it is handed out from here, the one
+    place that loads it; the model passes it to its networks for bf16 forwards (archs/low_precision.fused_glue)."""
+    module, _ = _compiled()
+    if module is None or not hasattr(module, "network_kernels_vectorized"):
+        return None  # not built, or built before these kernels existed: PyTorch's own operations run instead
+    return module if module.network_kernels_vectorized() else None
+
+
 def available_backends() -> dict[str, str | None]:
     """Each backend name -> None when it can be used in this process, else the reason it cannot.
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import tiny_networks
-from tolerances import BF16_FUSED_GELU_REL, BF16_PATH_VS_AUTOCAST_REL
+from tolerances import BF16_FUSED_GELU_REL, BF16_PATH_VS_AUTOCAST_REL, FUSED_GLUE_ERROR_GROWTH
 
-from gsasr import environment
+from gsasr import environment, render
 from gsasr.archs.low_precision import add_, cast_weights, linear, linear_gelu, linear_relu, relu_
 from gsasr.model import GSASRModel, ModelInfo, resolve_amp
 
@@ -104,9 +104,11 @@ def test_weights_are_cast_once_per_image_not_once_per_tile(model, monkeypatch):
     assert len(casts) == len(low_precision._slots(made_there))  # each weight cast once, for every tile
 
 
-def test_bf16_path_matches_plain_autocast(model):
+def test_bf16_path_matches_plain_autocast(model, monkeypatch):
     """Weights cast once, channels-last convolutions, stacked attention projections and the bf16 workspace heads
-    against plain autocast of the float32 modules: the same roundings in (almost) the same order."""
+    against plain autocast of the float32 modules: the same roundings in (almost) the same order. (PyTorch's glue:
+    the fused kernels, tested below, round a few LayerNorm outputs the other way.)"""
+    monkeypatch.setattr("gsasr.model.cpu_network_kernels", lambda: None)
     torch.manual_seed(1)
     x = torch.rand(1, 3, 16, 24)
     with torch.inference_mode():
@@ -119,6 +121,42 @@ def test_bf16_path_matches_plain_autocast(model):
     assert ((fast - plain).abs().amax(dim=(0, 1)) / scale).max() <= BF16_PATH_VS_AUTOCAST_REL
     # and it is a bf16 run, not float32
     assert not torch.equal(fast, exact)
+
+
+class CountingKernels:
+    """The compiled module, counting the calls of its network kernels."""
+
+    def __init__(self, module):
+        self.module, self.calls = module, {"residual_layer_norm": 0, "rope_": 0}
+
+    def __getattr__(self, name):
+        if name in self.calls:
+            self.calls[name] += 1
+        return getattr(self.module, name)
+
+
+def test_fused_glue_changes_only_roundings(model, monkeypatch):
+    """The bf16 path with the compiled glue kernels (on any CPU here, their generic loops where it has no AVX-512)
+    against the same path with PyTorch's glue: both as far from float32 as each other."""
+    module, reason = render._compiled()
+    if module is None or not hasattr(module, "residual_layer_norm"):
+        pytest.skip(f"the compiled module is not built here: {reason or 'built before the network kernels'}")
+    torch.manual_seed(1)
+    x = torch.rand(1, 3, 16, 24)
+    kernels = CountingKernels(module)
+    with torch.inference_mode():
+        exact = model.gaussians(x, 2.5, amp="off")
+        monkeypatch.setattr("gsasr.model.cpu_network_kernels", lambda: None)
+        plain_glue = model.gaussians(x, 2.5, amp="bf16")
+        monkeypatch.setattr("gsasr.model.cpu_network_kernels", lambda: kernels)
+        fused_glue = model.gaussians(x, 2.5, amp="bf16")
+    assert kernels.calls["residual_layer_norm"] > 0
+    assert (kernels.calls["rope_"] > 0) == (model.decoder.form == "enhanced")
+    scale = exact.abs().amax(dim=(0, 1))
+    for measure in (lambda e: e.abs().amax(dim=(0, 1)), lambda e: e.pow(2).mean(dim=(0, 1)).sqrt()):
+        fused_error, plain_error = measure(fused_glue - exact) / scale, measure(plain_glue - exact) / scale
+        assert (fused_error <= FUSED_GLUE_ERROR_GROWTH * plain_error).all()
+    assert not torch.equal(fused_glue, exact)
 
 
 def test_off_is_untouched_by_an_earlier_bf16_run(model):
