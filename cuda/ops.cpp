@@ -27,6 +27,9 @@ torch::Tensor residual_layer_norm_cpu(const torch::Tensor& x, const c10::optiona
 void rope_cpu_(const torch::Tensor& tokens, int64_t columns, int64_t width, const torch::Tensor& rotation,
                bool generic);
 bool network_kernels_vectorized();
+bool attention_available();
+torch::Tensor window_attention_cpu(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                   int64_t heads, double scale);
 
 #ifdef GSASR_WITH_CUDA
 torch::Tensor boxes_cuda(const torch::Tensor& params, int64_t canvas_h, int64_t canvas_w, int64_t y0, int64_t x0,
@@ -207,4 +210,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("tokens"), py::arg("columns"), py::arg("width"), py::arg("rotation"), py::arg("generic") = false);
   m.def("network_kernels_vectorized", &gsasr::network_kernels_vectorized,
         "True when this CPU runs residual_layer_norm and rope_ vectorised (AVX-512 with bf16 conversions)");
+  m.def("attention_available", &gsasr::attention_available,
+        "True when window_attention runs on this CPU (AVX-512 with bf16, PyTorch's bf16 brgemm)");
+  m.def("window_attention", &gsasr::window_attention_cpu,
+        "CPU, networks' bf16 path: softmax(q k^T scale) v per window and head, bf16 (windows, tokens, channels)",
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("heads"), py::arg("scale"));
 }

@@ -37,7 +37,7 @@ from . import winograd
 from .blocks import (Mlp, add_rope_parameters, apply_rope, rope_phases, rope_rotation, window_partition,
                      window_reverse)
 from .low_precision import (ReLU, add_, add_norm, fused_linear_relu_applies, linear, linear_relu, relu_, rope_,
-                            rope_fusable)
+                            rope_fusable, window_attention, window_attention_fusable)
 from .window_chunks import WindowChunks
 from .workspace import Workspace
 
@@ -163,24 +163,10 @@ class WindowAttention(nn.Module):
         phases = rope_phases(self.rope_freqs, self.rope_t_x, self.rope_t_y)
         return phases, rope_rotation(phases)
 
-    def _rotated_heads(self, projections: tuple[torch.Tensor, ...],
-                       position: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        """q, k, v (N, heads, T, head_dim) with RoPE applied to q and k: in place on the bf16 products by the fused
-        kernel where it applies (low_precision.rope_), else by :func:`apply_rope` on the split heads."""
-        phases, rotation = position
+    def _tokens(self, projections: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """q, k, v (N, T, C), views of the products of :meth:`_projections`."""
         width = self.num_heads * self.head_dim
-        if rope_fusable(*projections):
-            for tokens, columns in zip(projections, (2 * width,) if len(projections) == 1 else (width, width),
-                                       strict=True):
-                rope_(tokens, columns, width, rotation)  # q | k of the stacked product, or q, then k of k | v
-            return self._heads(projections)
-        q, k, v = self._heads(projections)
-        return apply_rope(q, phases), apply_rope(k, phases), v
-
-    def _heads(self, projections: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        """q, k, v (N, heads, T, head_dim), views of the products of :meth:`_projections`."""
-        width = self.num_heads * self.head_dim
-        return tuple(self._split_heads(t) for p in projections for t in p.chunk(p.shape[-1] // width, dim=-1))
+        return tuple(t for p in projections for t in p.chunk(p.shape[-1] // width, dim=-1))
 
     def forward(self, query: torch.Tensor, context: torch.Tensor,
                 position: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -191,15 +177,29 @@ class WindowAttention(nn.Module):
             position = self.position_terms()
         bias = None
         if self.position == "bias":
-            q, k, v = self._heads(projections)
+            q, k, v = (self._split_heads(t) for t in self._tokens(projections))
             bias = position.to(q.dtype)
             if q.dtype in (torch.bfloat16, torch.float16) and q.device.type == "cpu":
                 # As a (windows, heads, T, T) view (no copy) the bias takes the fused kernel; as (heads, T, T) PyTorch's
                 # CPU attention took a path 5x slower (measured, bf16). Not in float32, whose numbers stay bitwise
                 # (there the two paths round differently, ~1e-6); GPUs keep what they had.
                 bias = bias.expand(q.shape[0], *bias.shape)
+        elif rope_fusable(*projections):
+            # bf16 on a CPU with the fused kernels: RoPE in place on the products (q | k of the stacked product, or q,
+            # then k of k | v), then the window attention kernel, whose output is already in the projection's layout
+            phases, rotation = position
+            width = self.num_heads * self.head_dim
+            for tokens, columns in zip(projections, (2 * width,) if len(projections) == 1 else (width, width),
+                                       strict=True):
+                rope_(tokens, columns, width, rotation)
+            q, k, v = self._tokens(projections)
+            if window_attention_fusable(q, k, v, self.num_heads):
+                return linear(window_attention(q, k, v, self.num_heads), self.proj.weight, self.proj.bias)
+            q, k, v = (self._split_heads(t) for t in (q, k, v))
         else:
-            q, k, v = self._rotated_heads(projections, position)
+            phases, _ = position
+            q, k, v = (self._split_heads(t) for t in self._tokens(projections))
+            q, k = apply_rope(q, phases), apply_rope(k, phases)
         # Default SDPA scale is head_dim^-0.5, the official scale in both forms. The paper's bias is the only
         # additive term: neither form masks the wrapped-around tokens of shifted windows. The decoder calls this on
         # chunks of a few windows (WindowChunks), which bounds the logits held at once.

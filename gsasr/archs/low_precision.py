@@ -204,3 +204,23 @@ def rope_(tokens: torch.Tensor, columns: int, width: int, rotation: torch.Tensor
     float32, rounded to bf16 once, as :func:`gsasr.archs.blocks.apply_rope` (bitwise in tests). Only where
     :func:`rope_fusable` says so."""
     _glue.get().rope_(tokens, columns, width, rotation)
+
+
+def window_attention_fusable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> bool:
+    """Whether :func:`window_attention` applies: under :func:`fused_glue` on a CPU whose kernel can run
+    (``attention_available``), bf16 q, k, v of one shape (windows, T, C) with unit channel stride, heads of a
+    multiple of 32 channels."""
+    kernels = _glue.get()
+    return (kernels is not None and getattr(kernels, "attention_available", lambda: False)()
+            and all(t.dtype == torch.bfloat16 and t.device.type == "cpu" and t.dim() == 3 and t.stride(-1) == 1
+                    and t.shape == q.shape for t in (q, k, v))
+            and q.shape[-1] % heads == 0 and (q.shape[-1] // heads) % 32 == 0)
+
+
+def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(head_dim)) v`` per window and head, no mask, from bf16 (windows, T, C) q, k, v (heads
+    side by side in C), as (windows, T, C) bf16: SDPA's result in the layout the output projection reads. The
+    compiled kernel (cuda/attention_cpu.cpp): the score and output products in oneDNN's bf16 batch-reduce GEMM with
+    float32 results, an exact float32 softmax, the weights rounded to bf16 for the second product as PyTorch's
+    flash attention rounds them. Only where :func:`window_attention_fusable` says so."""
+    return _glue.get().window_attention(q, k, v, heads, (q.shape[-1] // heads) ** -0.5)

@@ -18,7 +18,7 @@ NAME = "gsasr_native"
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE_DIR = REPO / "cuda"
-CPU_SOURCES = ("ops.cpp", "render_cpu.cpp", "terms_cpu.cpp", "network_cpu.cpp")
+CPU_SOURCES = ("ops.cpp", "render_cpu.cpp", "terms_cpu.cpp", "network_cpu.cpp", "attention_cpu.cpp")
 CUDA_SOURCES = ("render_cuda.cu",)
 HEADERS = ("gsasr_math.h",)
 

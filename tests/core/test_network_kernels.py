@@ -1,5 +1,6 @@
-"""The compiled module's fused CPU kernels for the networks' bf16 glue (cuda/network_cpu.cpp), against the PyTorch
-operations they replace (archs/low_precision.add_, add_norm, rope_), on fresh random inputs.
+"""The compiled module's CPU kernels for the networks' bf16 path (cuda/network_cpu.cpp, cuda/attention_cpu.cpp)
+against the PyTorch operations they replace (archs/low_precision.add_, add_norm, rope_, window_attention), on fresh
+random inputs.
 
 Both code paths of each kernel are run: the AVX-512 one (where this CPU has AVX512-BF16; the CPUs amp="auto" runs
 bf16 on) and the generic loops every other CPU gets, forced with ``generic=True``.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from tolerances import FUSED_NORM_BF16_FLIP_FRACTION
+from tolerances import FUSED_NORM_BF16_FLIP_FRACTION, WINDOW_ATTENTION_ERROR_GROWTH
 
 from gsasr import render
 from gsasr.archs.blocks import apply_rope, rope_phases, rope_rotation
@@ -136,3 +137,46 @@ def test_rope_refuses_a_table_that_does_not_fit(ext):
         ext.rope_(torch.zeros(2, 144, 576), 384, 192, rope_rotation(phases))
     with pytest.raises(RuntimeError, match="does not fit"):
         ext.rope_(torch.zeros(2, 144, 576, dtype=torch.bfloat16), 100, 192, rope_rotation(phases))
+
+
+@pytest.fixture
+def attention(ext):
+    if not ext.attention_available():
+        pytest.skip("window_attention needs AVX-512 with bf16 and PyTorch's bf16 brgemm on this CPU")
+    return ext.window_attention
+
+
+def split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    return t.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+
+@pytest.mark.parametrize("windows, tokens, heads, stacked", [(28, 144, 6, True), (5, 144, 6, False),
+                                                              (3, 143, 2, True), (4, 256, 6, True), (2, 7, 1, False)])
+def test_window_attention_is_sdpa(attention, windows, tokens, heads, stacked):
+    """Against PyTorch's SDPA on the same bf16 inputs, both measured from the float64 result: as close as SDPA
+    (the same float32 scores and softmax, the same bf16 rounding of the weights), in the projection's layout.
+    q, k, v as views of one stacked product (self-attention) or as separate tensors (cross-attention)."""
+    torch.manual_seed(windows * tokens)
+    width = heads * 32
+    if stacked:
+        q, k, v = (torch.randn(windows, tokens, 3 * width) * 1.5).bfloat16().chunk(3, dim=-1)
+    else:
+        q, k, v = ((torch.randn(windows, tokens, width) * 1.5).bfloat16() for _ in range(3))
+    out = attention(q, k, v, heads, 32 ** -0.5)
+    assert out.shape == (windows, tokens, width) and out.dtype == torch.bfloat16 and out.is_contiguous()
+    sdpa = F.scaled_dot_product_attention(*(split_heads(t, heads) for t in (q, k, v))).transpose(1, 2).flatten(2)
+    exact = F.scaled_dot_product_attention(*(split_heads(t.double(), heads) for t in (q, k, v)))
+    exact = exact.transpose(1, 2).flatten(2)
+    ours_error, sdpa_error = (out.double() - exact).abs(), (sdpa.double() - exact).abs()
+    assert ours_error.max() <= WINDOW_ATTENTION_ERROR_GROWTH * sdpa_error.max()
+    assert ours_error.mean() <= WINDOW_ATTENTION_ERROR_GROWTH * sdpa_error.mean()
+
+
+def test_window_attention_refuses_what_it_cannot_read(ext, attention):
+    q = torch.zeros(2, 144, 192, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="multiples of 32"):
+        attention(q, q, q, 12, 0.25)  # head_dim 16
+    with pytest.raises(RuntimeError, match="one shape"):
+        attention(q, q[:, :100], q[:, :100], 6, 0.25)
+    with pytest.raises(RuntimeError, match="bf16"):
+        attention(q.float(), q.float(), q.float(), 6, 0.25)

@@ -1,0 +1,199 @@
+// CPU window attention for the networks' bf16 path: softmax(q k^T * scale) v for every (window, head), with q, k, v
+// read where the q/k/v products wrote them and the output written as the projection reads it.
+//
+// Why: GSASR attends inside windows of 144 (or 256) tokens with heads of 32 channels, thousands of windows per
+// image. PyTorch's CPU flash attention spends more time per (window, head) on its blocking and per-block passes
+// than on the products (measured: a fixed ~5 us per pair plus ~15 us of work on an AMX Xeon, where the two
+// products of a pair take well under 1 us). Here each (window, head) is one task: its scores in one oneDNN
+// batch-reduce GEMM (at::native::cpublas::brgemm, bf16 x bf16 -> float32, the ukernel PyTorch's flash attention
+// calls), an exact row softmax in float32, the weights rounded to bf16 (as the flash kernels round them) for the
+// second GEMM, and the row sums divided out in float32 before the one rounding of the output to bf16.
+// Only built into the x86 path: callers check attention_available() (AVX-512 with bf16, and a PyTorch whose
+// brgemm can run bf16 here).
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define GSASR_HAVE_ATTENTION 1
+#define GSASR_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
+#endif
+
+namespace gsasr {
+
+bool network_kernels_vectorized();  // network_cpu.cpp
+
+#ifdef GSASR_HAVE_ATTENTION
+namespace {
+
+// exp(x) for x <= 0 (scores minus their row maximum): 2^n * p(r) with n = round(x log2 e) and p the degree-5
+// Taylor polynomial on r = x - n ln 2 in [-ln2/2, ln2/2]: relative error below 2.5e-6 (r^6 / 720), a thousandth
+// of the bf16 rounding every weight then gets; below -87 it returns 0 or a tiny value, which a softmax cannot
+// tell from 0.
+GSASR_AVX512_BF16 inline __m512 exp_nonpositive(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 120.0f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+GSASR_AVX512_BF16 inline void store_bf16(uint16_t* p, __m512 v) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
+}
+
+GSASR_AVX512_BF16 inline void store_bf16_masked(uint16_t* p, __m512 v, __mmask16 mask) {
+  _mm256_mask_storeu_epi16(p, mask, reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
+}
+
+struct Operand {  // (windows, tokens, heads * head_dim) bf16 with any window and token strides
+  const uint16_t* data;
+  int64_t window_stride, token_stride;
+};
+
+struct AttentionArgs {
+  Operand q, k, v;
+  uint16_t* out;  // (windows, tokens, heads * head_dim), contiguous
+  int64_t windows, tokens, heads, head_dim;
+  float scale;
+};
+
+// One (window, head): scores, softmax, weighted values. Buffers are the calling thread's.
+struct Scratch {
+  std::vector<uint32_t> keys;    // K^T in VNNI pairs: (head_dim / 2, tokens) of (k[t][2p], k[t][2p + 1])
+  std::vector<uint32_t> values;  // V in VNNI pairs: (tokens / 2, head_dim) of (v[2p][j], v[2p + 1][j])
+  std::vector<float> scores;     // (tokens, padded tokens)
+  std::vector<uint16_t> weights; // (tokens, padded tokens) bf16
+  std::vector<float> sums, outputs;
+};
+
+GSASR_AVX512_BF16 void attend(const AttentionArgs& a, int64_t window, int64_t head, Scratch& s) {
+  const int64_t t_count = a.tokens, d = a.head_dim, pairs = a.tokens / 2 + a.tokens % 2;
+  const int64_t ld = (t_count + 15) / 16 * 16;  // padded row length of scores and weights
+  const int64_t column = head * d;
+  const uint16_t* q = a.q.data + window * a.q.window_stride + column;
+  const uint16_t* k = a.k.data + window * a.k.window_stride + column;
+  const uint16_t* v = a.v.data + window * a.v.window_stride + column;
+
+  // K^T packed: B of the score GEMM is (head_dim x tokens); pairs of channels are adjacent in a token's row.
+  for (int64_t t = 0; t < t_count; ++t) {
+    const uint32_t* row = reinterpret_cast<const uint32_t*>(k + t * a.k.token_stride);
+    for (int64_t p = 0; p < d / 2; ++p) s.keys[p * t_count + t] = row[p];
+  }
+  // V packed: B of the output GEMM is (tokens x head_dim); pairs of tokens interleaved (a zero token pads odd T).
+  for (int64_t p = 0; p < pairs; ++p) {
+    const uint16_t* even = v + 2 * p * a.v.token_stride;
+    const bool has_odd = 2 * p + 1 < t_count;
+    const uint16_t* odd = v + (2 * p + 1) * a.v.token_stride;
+    for (int64_t j = 0; j < d; ++j) {
+      s.values[p * d + j] = static_cast<uint32_t>(even[j]) | (has_odd ? static_cast<uint32_t>(odd[j]) << 16 : 0u);
+    }
+  }
+
+  at::native::cpublas::brgemm(t_count, t_count, d, a.q.token_stride, t_count, ld, false,
+                              reinterpret_cast<const at::BFloat16*>(q),
+                              reinterpret_cast<const at::BFloat16*>(s.keys.data()), s.scores.data());
+
+  const __m512 scale = _mm512_set1_ps(a.scale);
+  const int64_t full = t_count / 16 * 16;
+  const __mmask16 tail = static_cast<__mmask16>((1u << (t_count - full)) - 1u);
+  for (int64_t i = 0; i < t_count; ++i) {
+    float* row = s.scores.data() + i * ld;
+    __m512 best = _mm512_set1_ps(-INFINITY);
+    for (int64_t j = 0; j < full; j += 16) best = _mm512_max_ps(best, _mm512_loadu_ps(row + j));
+    if (tail) best = _mm512_mask_max_ps(best, tail, best, _mm512_maskz_loadu_ps(tail, row + full));
+    const __m512 shift = _mm512_mul_ps(_mm512_set1_ps(_mm512_reduce_max_ps(best)), scale);
+    __m512 sum = _mm512_setzero_ps();
+    uint16_t* weights = s.weights.data() + i * ld;
+    for (int64_t j = 0; j < full; j += 16) {
+      const __m512 e = exp_nonpositive(_mm512_fmsub_ps(_mm512_loadu_ps(row + j), scale, shift));
+      sum = _mm512_add_ps(sum, e);
+      store_bf16(weights + j, e);
+    }
+    if (tail) {
+      const __m512 e = exp_nonpositive(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(tail, row + full), scale, shift));
+      sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(tail, e));
+      store_bf16_masked(weights + full, e, tail);
+    }
+    s.sums[i] = _mm512_reduce_add_ps(sum);
+    if (t_count % 2) weights[t_count] = 0;  // the padding token of the packed values
+  }
+
+  at::native::cpublas::brgemm(t_count, d, 2 * pairs, ld, d, d, false,
+                              reinterpret_cast<const at::BFloat16*>(s.weights.data()),
+                              reinterpret_cast<const at::BFloat16*>(s.values.data()), s.outputs.data());
+
+  uint16_t* out = a.out + (window * t_count) * a.heads * d + column;
+  for (int64_t i = 0; i < t_count; ++i) {
+    const __m512 inverse = _mm512_set1_ps(1.0f / s.sums[i]);
+    for (int64_t j = 0; j < d; j += 16) {
+      store_bf16(out + i * a.heads * d + j, _mm512_mul_ps(_mm512_loadu_ps(s.outputs.data() + i * d + j), inverse));
+    }
+  }
+}
+
+Operand operand(const torch::Tensor& t) {
+  return {reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>()), t.stride(0), t.stride(1)};
+}
+
+}  // namespace
+#endif
+
+bool attention_available() {
+#ifdef GSASR_HAVE_ATTENTION
+  static const bool yes = network_kernels_vectorized() && at::native::cpublas::could_pack(at::kBFloat16);
+  return yes;
+#else
+  return false;
+#endif
+}
+
+torch::Tensor window_attention_cpu(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                   int64_t heads, double scale) {
+  TORCH_CHECK(attention_available(), "gsasr native: window attention needs AVX-512 with bf16 and PyTorch's bf16 "
+              "brgemm on this CPU (check attention_available() first)");
+  for (const auto* t : {&q, &k, &v}) {
+    TORCH_CHECK(t->is_cpu() && t->scalar_type() == torch::kBFloat16 && t->dim() == 3 && t->stride(2) == 1 &&
+                    t->stride(1) % 2 == 0 && t->stride(0) % 2 == 0 &&
+                    reinterpret_cast<uintptr_t>(t->data_ptr()) % 4 == 0,
+                "gsasr native: q, k, v must be bf16 CPU (windows, tokens, channels) with unit channel stride and "
+                "even strides, got ", t->sizes(), " ", t->strides(), " ", t->scalar_type());
+    TORCH_CHECK(t->sizes() == q.sizes(), "gsasr native: q, k, v must have one shape, got ", q.sizes(), " and ",
+                t->sizes());
+  }
+  const int64_t windows = q.size(0), tokens = q.size(1), width = q.size(2);
+  TORCH_CHECK(heads >= 1 && width % heads == 0 && (width / heads) % 32 == 0 && tokens >= 1,
+              "gsasr native: window attention needs head dimensions that are multiples of 32, got ", width,
+              " channels in ", heads, " heads");
+  auto out = torch::empty({windows, tokens, width}, q.options().memory_format(at::MemoryFormat::Contiguous));
+#ifdef GSASR_HAVE_ATTENTION
+  AttentionArgs args{operand(q), operand(k), operand(v), reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()),
+                     windows, tokens, heads, width / heads, static_cast<float>(scale)};
+  at::parallel_for(0, windows * heads, 1, [&](int64_t begin, int64_t end) {
+    const int64_t d = args.head_dim, ld = (tokens + 15) / 16 * 16, pairs = tokens / 2 + tokens % 2;
+    Scratch s{std::vector<uint32_t>(d / 2 * tokens), std::vector<uint32_t>(pairs * d),
+              std::vector<float>(tokens * ld), std::vector<uint16_t>(tokens * ld + 1, 0),
+              std::vector<float>(tokens), std::vector<float>(tokens * d)};
+    for (int64_t task = begin; task < end; ++task) attend(args, task / heads, task % heads, s);
+    at::native::cpublas::brgemm_release();
+  });
+#endif
+  return out;
+}
+
+}  // namespace gsasr
