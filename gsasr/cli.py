@@ -222,6 +222,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     device = torch.device(_default_device())
     rows.append(("default device", str(device)))
     rows.append(("amp auto", _amp_auto_line(device)))
+    if device.type == "cpu":
+        rows.append(("bf16 cpu kernels", _cpu_kernels_line()))
     rows.append(("rasteriser", f"{active_backend(device)} (active on {device})"))
     for name, reason in available_backends().items():
         if reason is not None:
@@ -237,6 +239,21 @@ def cmd_info(args: argparse.Namespace) -> int:
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
     return 0
+
+
+def _cpu_kernels_line() -> str:
+    """Whether bf16 forwards on this CPU use the compiled glue and attention kernels (archs/low_precision.py)."""
+    from .render import _compiled, cpu_network_kernels
+
+    kernels = cpu_network_kernels()
+    if kernels is None:
+        module, reason = _compiled()
+        why = reason if module is None else (
+            "the native module was built before them; rerun `python install.py`"
+            if not hasattr(module, "network_kernels_vectorized") else "this CPU has no AVX-512 with bf16 conversions")
+        return f"PyTorch's operations ({why})"
+    attention = "window attention" if kernels.attention_available() else "no window attention (PyTorch's brgemm)"
+    return f"fused LayerNorm/residual and RoPE, {attention}"
 
 
 def _amp_auto_line(device) -> str:

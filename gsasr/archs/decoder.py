@@ -154,14 +154,14 @@ class WindowAttention(nn.Module):
             return (stacked,)
         return linear(query, self.qhead.weight, self.qhead.bias), stacked
 
-    def position_terms(self) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def position_terms(self) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
         """What encodes token positions, the same for every window: the (heads, T, T) bias, or the RoPE phases and
-        their :func:`rope_rotation` table. The decoder computes it once per layer and passes it to every chunk."""
+        (under the fused kernels only) their :func:`rope_rotation` table. The decoder computes it once per layer and passes it to every chunk."""
         if self.position == "bias":
             bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
             return bias.view(self.tokens, self.tokens, self.num_heads).permute(2, 0, 1)
         phases = rope_phases(self.rope_freqs, self.rope_t_x, self.rope_t_y)
-        return phases, rope_rotation(phases)
+        return phases, rope_rotation(phases) if rope_fusable() else None  # the table only the fused kernel reads
 
     def _tokens(self, projections: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         """q, k, v (N, T, C), views of the products of :meth:`_projections`."""
@@ -169,7 +169,7 @@ class WindowAttention(nn.Module):
         return tuple(t for p in projections for t in p.chunk(p.shape[-1] // width, dim=-1))
 
     def forward(self, query: torch.Tensor, context: torch.Tensor,
-                position: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                position: torch.Tensor | tuple[torch.Tensor, torch.Tensor | None] | None = None) -> torch.Tensor:
         """query (N, Tq, C), context (N, Tk, C) -> (N, Tq, C); N = batch * windows. ``position``: this module's
         :meth:`position_terms` (computed here when not given)."""
         projections = self._projections(query, context)
