@@ -104,8 +104,8 @@ GSASR_AVX512 inline __m512 load_term(const Term& t, int64_t row, int64_t j) {
                 : _mm512_loadu_ps(static_cast<const float*>(t.data) + i);
 }
 
-// Rows of at most kMaxVectors * 16 channels, a multiple of 16 (every GSASR width: 180, 192 are handled by the
-// generic path and this one respectively; 180 is SwinIR's, which is not multiple of 16).
+// Rows of a multiple of 16 channels, at most kMaxVectors * 16 (the decoder's and HAT-L's 192); other widths (SwinIR's
+// 180) take the generic loops.
 constexpr int64_t kMaxVectors = 32;
 
 GSASR_AVX512 void residual_rows_avx512(const NormArgs& a, int64_t begin, int64_t end) {
@@ -165,6 +165,8 @@ const float* rotation_row(const RopeArgs& a, int64_t part, int64_t head, int64_t
   return a.rotation + ((part * a.heads + head) * a.tokens + token) * a.head_dim;
 }
 
+// The generic and AVX-512 row loops repeat their (row, head) walk: the AVX-512 one is compiled with its own target
+// attribute, and GCC does not carry that attribute into a shared template or lambda body.
 void rope_rows_generic(const RopeArgs& a, int64_t begin, int64_t end) {
   for (int64_t r = begin; r < end; ++r) {
     const int64_t token = r % a.tokens;
@@ -271,7 +273,7 @@ void rope_cpu_(const torch::Tensor& tokens, int64_t columns, int64_t width, cons
               "gsasr native: rope needs contiguous bf16 CPU tokens (windows, tokens, channels), got ",
               tokens.sizes(), " ", tokens.scalar_type());
   TORCH_CHECK(rotation.is_cpu() && rotation.scalar_type() == torch::kFloat32 && rotation.is_contiguous() &&
-                  rotation.dim() == 4 && rotation.size(0) == 2 && rotation.size(2) >= tokens.size(1),
+                  rotation.dim() == 4 && rotation.size(0) == 2,
               "gsasr native: rope rotation must be contiguous float32 (2, heads, tokens, head_dim), got ",
               rotation.sizes());
   const int64_t heads = rotation.size(1), head_dim = rotation.size(3);
@@ -279,12 +281,11 @@ void rope_cpu_(const torch::Tensor& tokens, int64_t columns, int64_t width, cons
                   columns <= tokens.size(2),
               "gsasr native: rope over ", columns, " columns of ", heads, " heads x ", head_dim,
               " does not fit the tokens ", tokens.sizes());
-  RopeArgs args{reinterpret_cast<uint16_t*>(tokens.data_ptr<at::BFloat16>()), rotation.size(2), tokens.size(2),
-                columns, width, heads, head_dim, rotation.data_ptr<float>()};
-  // positions are the token index inside a window: rows of window n are n * T + t
-  args.tokens = tokens.size(1);
+  // A token's position is its index inside its window: row n * T + t of the tokens is position t.
   TORCH_CHECK(rotation.size(2) == tokens.size(1), "gsasr native: rope rotation has ", rotation.size(2),
               " positions for windows of ", tokens.size(1), " tokens");
+  RopeArgs args{reinterpret_cast<uint16_t*>(tokens.data_ptr<at::BFloat16>()), tokens.size(1), tokens.size(2),
+                columns, width, heads, head_dim, rotation.data_ptr<float>()};
   auto kernel = rope_rows_generic;
 #ifdef GSASR_HAVE_AVX512_PATH
   if (!generic && network_kernels_vectorized() && head_dim % 16 == 0) kernel = rope_rows_avx512;
