@@ -34,10 +34,20 @@ from torch import nn
 
 from ..errors import CheckpointError
 from . import winograd
-from .blocks import (Mlp, add_rope_parameters, apply_rope, rope_phases, rope_rotation, window_partition,
-                     window_reverse)
-from .low_precision import (ReLU, add_, add_norm, fused_linear_relu_applies, linear, linear_relu, relu_, rope_,
-                            rope_fusable, window_attention, window_attention_fusable)
+from .blocks import Mlp, add_rope_parameters, apply_rope, rope_phases, rope_rotation, window_partition, window_reverse
+from .low_precision import (
+    ReLU,
+    add_,
+    add_norm,
+    fused_linear_relu_applies,
+    linear,
+    linear_relu,
+    relu_,
+    rope_,
+    rope_fusable,
+    window_attention,
+    window_attention_fusable,
+)
 from .window_chunks import WindowChunks
 from .workspace import Workspace
 
@@ -156,7 +166,8 @@ class WindowAttention(nn.Module):
 
     def position_terms(self) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
         """What encodes token positions, the same for every window: the (heads, T, T) bias, or the RoPE phases and
-        (under the fused kernels only) their :func:`rope_rotation` table. The decoder computes it once per layer and passes it to every chunk."""
+        (under the fused kernels only) their :func:`rope_rotation` table. The decoder computes it once per layer and
+        passes it to every chunk."""
         if self.position == "bias":
             bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
             return bias.view(self.tokens, self.tokens, self.num_heads).permute(2, 0, 1)

@@ -5,8 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import tiny_networks
-from tolerances import (BF16_FUSED_GELU_REL, BF16_PATH_VS_AUTOCAST_REL, FUSED_GLUE_ERROR_GROWTH,
-                        FUSED_GLUE_MAX_ERROR_GROWTH)
+from tolerances import (
+    BF16_FUSED_GELU_REL,
+    BF16_PATH_VS_AUTOCAST_REL,
+    FUSED_GLUE_ERROR_GROWTH,
+    FUSED_GLUE_MAX_ERROR_GROWTH,
+)
 
 from gsasr import environment, render
 from gsasr.archs.low_precision import add_, cast_weights, linear, linear_gelu, linear_relu, relu_
