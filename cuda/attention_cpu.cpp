@@ -1,5 +1,7 @@
 // CPU window attention for the networks' bf16 path: softmax(q k^T * scale) v for every (window, head), with q, k, v
-// read where the q/k/v products wrote them and the output written as the projection reads it.
+// read where the q/k/v products wrote them and the output written as the projection reads it. Keys and values may
+// come from a larger window than the queries (HAT's overlapping cross-attention: 256 queries, 576 keys); an optional
+// float32 bias (heads, queries, keys) is added to the scaled scores (the paper decoder's relative positions).
 //
 // Why: GSASR attends inside windows of 144 (or 256) tokens with heads of 32 channels, thousands of windows per
 // image. PyTorch's CPU flash attention spends more time per (window, head) on its blocking and per-block passes
@@ -68,8 +70,9 @@ struct Operand {  // (windows, tokens, heads * head_dim) bf16 with any window an
 
 struct AttentionArgs {
   Operand q, k, v;
-  uint16_t* out;  // (windows, tokens, heads * head_dim), contiguous
-  int64_t windows, tokens, heads, head_dim;
+  const float* bias;  // (heads, queries, tokens) added to the scaled scores, or nullptr
+  uint16_t* out;  // (windows, query tokens, heads * head_dim), contiguous
+  int64_t windows, queries, tokens, heads, head_dim;  // tokens: of k and v
   float scale;
 };
 
@@ -77,8 +80,8 @@ struct AttentionArgs {
 struct Scratch {
   std::vector<uint32_t> keys;    // K^T in VNNI pairs: (head_dim / 2, tokens) of (k[t][2p], k[t][2p + 1])
   std::vector<uint32_t> values;  // V in VNNI pairs: (tokens / 2, head_dim) of (v[2p][j], v[2p + 1][j])
-  std::vector<float> scores;     // (tokens, padded tokens)
-  std::vector<uint16_t> weights; // (tokens, padded tokens) bf16
+  std::vector<float> scores;     // (queries, padded tokens)
+  std::vector<uint16_t> weights; // (queries, padded tokens) bf16
   std::vector<float> sums, outputs;
 };
 
@@ -105,28 +108,41 @@ GSASR_AVX512_BF16 void attend(const AttentionArgs& a, int64_t window, int64_t he
     }
   }
 
-  at::native::cpublas::brgemm(t_count, t_count, d, a.q.token_stride, t_count, ld, false,
+  at::native::cpublas::brgemm(a.queries, t_count, d, a.q.token_stride, t_count, ld, false,
                               reinterpret_cast<const at::BFloat16*>(q),
                               reinterpret_cast<const at::BFloat16*>(s.keys.data()), s.scores.data());
 
   const __m512 scale = _mm512_set1_ps(a.scale);
   const int64_t full = t_count / 16 * 16;
   const __mmask16 tail = static_cast<__mmask16>((1u << (t_count - full)) - 1u);
-  for (int64_t i = 0; i < t_count; ++i) {
+  const float* bias_rows = a.bias == nullptr ? nullptr : a.bias + head * a.queries * t_count;
+  for (int64_t i = 0; i < a.queries; ++i) {
     float* row = s.scores.data() + i * ld;
+    __m512 row_scale = scale;
+    if (bias_rows != nullptr) {  // scores * scale + bias, in place; then the row is already scaled
+      const float* b = bias_rows + i * t_count;
+      for (int64_t j = 0; j < full; j += 16) {
+        _mm512_storeu_ps(row + j, _mm512_fmadd_ps(_mm512_loadu_ps(row + j), scale, _mm512_loadu_ps(b + j)));
+      }
+      if (tail) {
+        _mm512_mask_storeu_ps(row + full, tail, _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, row + full), scale,
+                                                                _mm512_maskz_loadu_ps(tail, b + full)));
+      }
+      row_scale = _mm512_set1_ps(1.0f);
+    }
     __m512 best = _mm512_set1_ps(-INFINITY);
     for (int64_t j = 0; j < full; j += 16) best = _mm512_max_ps(best, _mm512_loadu_ps(row + j));
     if (tail) best = _mm512_mask_max_ps(best, tail, best, _mm512_maskz_loadu_ps(tail, row + full));
-    const __m512 shift = _mm512_mul_ps(_mm512_set1_ps(_mm512_reduce_max_ps(best)), scale);
+    const __m512 shift = _mm512_mul_ps(_mm512_set1_ps(_mm512_reduce_max_ps(best)), row_scale);
     __m512 sum = _mm512_setzero_ps();
     uint16_t* weights = s.weights.data() + i * ld;
     for (int64_t j = 0; j < full; j += 16) {
-      const __m512 e = exp_nonpositive(_mm512_fmsub_ps(_mm512_loadu_ps(row + j), scale, shift));
+      const __m512 e = exp_nonpositive(_mm512_fmsub_ps(_mm512_loadu_ps(row + j), row_scale, shift));
       sum = _mm512_add_ps(sum, e);
       store_bf16(weights + j, e);
     }
     if (tail) {
-      const __m512 e = exp_nonpositive(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(tail, row + full), scale, shift));
+      const __m512 e = exp_nonpositive(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(tail, row + full), row_scale, shift));
       sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(tail, e));
       store_bf16_masked(weights + full, e, tail);
     }
@@ -134,15 +150,17 @@ GSASR_AVX512_BF16 void attend(const AttentionArgs& a, int64_t window, int64_t he
     if (t_count % 2) weights[t_count] = 0;  // the padding token of the packed values
   }
 
-  at::native::cpublas::brgemm(t_count, d, 2 * pairs, ld, d, d, false,
+  at::native::cpublas::brgemm(a.queries, d, 2 * pairs, ld, d, d, false,
                               reinterpret_cast<const at::BFloat16*>(s.weights.data()),
                               reinterpret_cast<const at::BFloat16*>(s.values.data()), s.outputs.data());
 
-  uint16_t* out = a.out + (window * t_count) * a.heads * d + column;
-  for (int64_t i = 0; i < t_count; ++i) {
+  uint16_t* out = a.out + (window * a.queries) * a.heads * d + column;
+  for (int64_t i = 0; i < a.queries; ++i) {
     const __m512 inverse = _mm512_set1_ps(1.0f / s.sums[i]);
-    for (int64_t j = 0; j < d; j += 16) {
-      store_bf16(out + i * a.heads * d + j, _mm512_mul_ps(_mm512_loadu_ps(s.outputs.data() + i * d + j), inverse));
+    for (int64_t j = 0; j < d; j += 16) {  // head_dim need not be a multiple of 16 (the paper decoder's is 30)
+      const __mmask16 lanes = d - j >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (d - j)) - 1u);
+      store_bf16_masked(out + i * a.heads * d + j,
+                        _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, s.outputs.data() + i * d + j), inverse), lanes);
     }
   }
 }
@@ -164,7 +182,7 @@ bool attention_available() {
 }
 
 torch::Tensor window_attention_cpu(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                   int64_t heads, double scale) {
+                                   int64_t heads, double scale, const c10::optional<torch::Tensor>& bias) {
   TORCH_CHECK(attention_available(), "gsasr native: window attention needs AVX-512 with bf16 and PyTorch's bf16 "
               "brgemm on this CPU (check attention_available() first)");
   for (const auto* t : {&q, &k, &v}) {
@@ -173,22 +191,32 @@ torch::Tensor window_attention_cpu(const torch::Tensor& q, const torch::Tensor& 
                     reinterpret_cast<uintptr_t>(t->data_ptr()) % 4 == 0,
                 "gsasr native: q, k, v must be bf16 CPU (windows, tokens, channels) with unit channel stride and "
                 "even strides, got ", t->sizes(), " ", t->strides(), " ", t->scalar_type());
-    TORCH_CHECK(t->sizes() == q.sizes(), "gsasr native: q, k, v must have one shape, got ", q.sizes(), " and ",
-                t->sizes());
   }
-  const int64_t windows = q.size(0), tokens = q.size(1), width = q.size(2);
-  TORCH_CHECK(heads >= 1 && width % heads == 0 && (width / heads) % 32 == 0 && tokens >= 1,
-              "gsasr native: window attention needs head dimensions that are multiples of 32, got ", width,
+  TORCH_CHECK(k.sizes() == v.sizes() && k.size(0) == q.size(0) && k.size(2) == q.size(2),
+              "gsasr native: k and v must have one shape, with q's windows and channels, got ", q.sizes(), ", ",
+              k.sizes(), " and ", v.sizes());
+  const int64_t windows = q.size(0), queries = q.size(1), tokens = k.size(1), width = q.size(2);
+  TORCH_CHECK(heads >= 1 && width % heads == 0 && (width / heads) % 2 == 0 && tokens >= 1 && queries >= 1,
+              "gsasr native: window attention needs an even head dimension (bf16 pairs), got ", width,
               " channels in ", heads, " heads");
-  auto out = torch::empty({windows, tokens, width}, q.options().memory_format(at::MemoryFormat::Contiguous));
+  const float* bias_data = nullptr;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->is_cpu() && bias->scalar_type() == torch::kFloat32 && bias->is_contiguous() &&
+                    bias->dim() == 3 && bias->size(0) == heads && bias->size(1) == queries && bias->size(2) == tokens,
+                "gsasr native: the attention bias must be contiguous float32 (heads, queries, keys) = (", heads, ", ",
+                queries, ", ", tokens, "), got ", bias->sizes(), " ", bias->scalar_type());
+    bias_data = bias->data_ptr<float>();
+  }
+  auto out = torch::empty({windows, queries, width}, q.options().memory_format(at::MemoryFormat::Contiguous));
 #ifdef GSASR_HAVE_ATTENTION
-  AttentionArgs args{operand(q), operand(k), operand(v), reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()),
-                     windows, tokens, heads, width / heads, static_cast<float>(scale)};
+  AttentionArgs args{operand(q), operand(k), operand(v), bias_data,
+                     reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()),
+                     windows, queries, tokens, heads, width / heads, static_cast<float>(scale)};
   at::parallel_for(0, windows * heads, 1, [&](int64_t begin, int64_t end) {
     const int64_t d = args.head_dim, ld = (tokens + 15) / 16 * 16, pairs = tokens / 2 + tokens % 2;
     Scratch s{std::vector<uint32_t>(d / 2 * tokens), std::vector<uint32_t>(pairs * d),
-              std::vector<float>(tokens * ld), std::vector<uint16_t>(tokens * ld + 1, 0),
-              std::vector<float>(tokens), std::vector<float>(tokens * d)};
+              std::vector<float>(args.queries * ld), std::vector<uint16_t>(args.queries * ld + 1, 0),
+              std::vector<float>(args.queries), std::vector<float>(args.queries * d)};
     for (int64_t task = begin; task < end; ++task) attend(args, task / heads, task % heads, s);
     at::native::cpublas::brgemm_release();
   });

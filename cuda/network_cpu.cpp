@@ -88,42 +88,45 @@ void residual_rows_generic(const NormArgs& a, int64_t begin, int64_t end) {
 }
 
 #ifdef GSASR_HAVE_AVX512_PATH
-GSASR_AVX512 inline __m512 load_bf16(const uint16_t* p) {
-  const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+// Loads and stores of up to 16 lanes: `mask` selects the channels that exist (all 16 but in a row's last vector
+// when its width is not a multiple of 16, e.g. 180); the others read as 0 and are not written.
+GSASR_AVX512 inline __m512 load_bf16(const uint16_t* p, __mmask16 mask = 0xFFFF) {
+  const __m512i wide = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p));
   return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
 }
 
 // AVX512-BF16's conversion: round to nearest even, as float_to_bf16 (inputs are finite: NaN cannot reach here).
-GSASR_AVX512 inline void store_bf16(uint16_t* p, __m512 v) {
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
+GSASR_AVX512 inline void store_bf16(uint16_t* p, __m512 v, __mmask16 mask = 0xFFFF) {
+  _mm256_mask_storeu_epi16(p, mask, reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
 }
 
-GSASR_AVX512 inline __m512 load_term(const Term& t, int64_t row, int64_t j) {
+GSASR_AVX512 inline __m512 load_term(const Term& t, int64_t row, int64_t j, __mmask16 mask) {
   const int64_t i = row * t.row_stride + j;
-  return t.bf16 ? load_bf16(static_cast<const uint16_t*>(t.data) + i)
-                : _mm512_loadu_ps(static_cast<const float*>(t.data) + i);
+  return t.bf16 ? load_bf16(static_cast<const uint16_t*>(t.data) + i, mask)
+                : _mm512_maskz_loadu_ps(mask, static_cast<const float*>(t.data) + i);
 }
 
-// Rows of a multiple of 16 channels, at most kMaxVectors * 16 (the decoder's and HAT-L's 192); other widths (SwinIR's
-// 180) take the generic loops.
+// Rows of at most kMaxVectors * 16 channels (the decoder's 192 and 180, HAT-L's 192, SwinIR's 180).
 constexpr int64_t kMaxVectors = 32;
 
 GSASR_AVX512 void residual_rows_avx512(const NormArgs& a, int64_t begin, int64_t end) {
   // Four partial sums per reduction: one chain of dependent adds per row would leave the core waiting on their
   // latency (measured ~2x slower).
-  const int64_t vectors = a.channels / 16;
+  const int64_t vectors = (a.channels + 15) / 16;
+  const __mmask16 last = a.channels % 16 ? static_cast<__mmask16>((1u << (a.channels % 16)) - 1u) : 0xFFFF;
   const float inv_c = 1.f / static_cast<float>(a.channels);
   __m512 row[kMaxVectors];
   for (int64_t r = begin; r < end; ++r) {
     float* x = a.x + r * a.channels;
     __m512 sum[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
     for (int64_t v = 0; v < vectors; ++v) {
-      __m512 value = _mm512_loadu_ps(x + 16 * v);
+      const __mmask16 mask = v + 1 < vectors ? 0xFFFF : last;
+      __m512 value = _mm512_maskz_loadu_ps(mask, x + 16 * v);
       if (a.term.data != nullptr) {
-        value = _mm512_add_ps(value, load_term(a.term, r, 16 * v));
-        _mm512_storeu_ps(x + 16 * v, value);
+        value = _mm512_add_ps(value, load_term(a.term, r, 16 * v, mask));
+        _mm512_mask_storeu_ps(x + 16 * v, mask, value);
       }
-      row[v] = value;
+      row[v] = value;  // 0 in lanes past the row's end
       sum[v & 3] = _mm512_add_ps(sum[v & 3], value);
     }
     if (a.out == nullptr) continue;
@@ -132,7 +135,7 @@ GSASR_AVX512 void residual_rows_avx512(const NormArgs& a, int64_t begin, int64_t
     const __m512 mean = _mm512_set1_ps(total * inv_c);
     __m512 squares[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
     for (int64_t v = 0; v < vectors; ++v) {
-      const __m512 d = _mm512_sub_ps(row[v], mean);
+      const __m512 d = _mm512_maskz_sub_ps(v + 1 < vectors ? 0xFFFF : last, row[v], mean);
       squares[v & 3] = _mm512_add_ps(squares[v & 3], _mm512_mul_ps(d, d));
     }
     const float variance = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(squares[0], squares[1]),
@@ -141,10 +144,11 @@ GSASR_AVX512 void residual_rows_avx512(const NormArgs& a, int64_t begin, int64_t
     const __m512 shift = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(rstd, mean));
     uint16_t* y = a.out + r * a.channels;
     for (int64_t v = 0; v < vectors; ++v) {
+      const __mmask16 mask = v + 1 < vectors ? 0xFFFF : last;
       const __m512 normed = _mm512_add_ps(_mm512_mul_ps(row[v], rstd), shift);
-      const __m512 scaled = _mm512_add_ps(_mm512_mul_ps(normed, _mm512_loadu_ps(a.gamma + 16 * v)),
-                                          _mm512_loadu_ps(a.beta + 16 * v));
-      store_bf16(y + 16 * v, scaled);
+      const __m512 scaled = _mm512_add_ps(_mm512_mul_ps(normed, _mm512_maskz_loadu_ps(mask, a.gamma + 16 * v)),
+                                          _mm512_maskz_loadu_ps(mask, a.beta + 16 * v));
+      store_bf16(y + 16 * v, scaled, mask);
     }
   }
 }
@@ -257,7 +261,7 @@ torch::Tensor residual_layer_norm_cpu(const torch::Tensor& x, const c10::optiona
   }
   auto kernel = residual_rows_generic;
 #ifdef GSASR_HAVE_AVX512_PATH
-  if (!generic && network_kernels_vectorized() && channels % 16 == 0 && channels / 16 <= kMaxVectors) {
+  if (!generic && network_kernels_vectorized() && channels <= 16 * kMaxVectors) {
     kernel = residual_rows_avx512;
   }
 #endif

@@ -29,7 +29,7 @@ void rope_cpu_(const torch::Tensor& tokens, int64_t columns, int64_t width, cons
 bool network_kernels_vectorized();
 bool attention_available();
 torch::Tensor window_attention_cpu(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                   int64_t heads, double scale);
+                                   int64_t heads, double scale, const c10::optional<torch::Tensor>& bias);
 
 #ifdef GSASR_WITH_CUDA
 torch::Tensor boxes_cuda(const torch::Tensor& params, int64_t canvas_h, int64_t canvas_w, int64_t y0, int64_t x0,
@@ -213,6 +213,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("attention_available", &gsasr::attention_available,
         "True when window_attention runs on this CPU (AVX-512 with bf16, PyTorch's bf16 brgemm)");
   m.def("window_attention", &gsasr::window_attention_cpu,
-        "CPU, networks' bf16 path: softmax(q k^T scale) v per window and head, bf16 (windows, tokens, channels)",
-        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("heads"), py::arg("scale"));
+        "CPU, networks' bf16 path: softmax(q k^T scale + bias) v per window and head, bf16 (windows, tokens, "
+        "channels)", py::arg("q"), py::arg("k"), py::arg("v"), py::arg("heads"), py::arg("scale"),
+        py::arg("bias") = py::none());
 }

@@ -188,7 +188,11 @@ class WindowAttention(nn.Module):
             position = self.position_terms()
         bias = None
         if self.position == "bias":
-            q, k, v = (self._split_heads(t) for t in self._tokens(projections))
+            q, k, v = self._tokens(projections)
+            if window_attention_fusable(q, k, v, self.num_heads):  # bf16 on a CPU with the compiled kernels
+                out = window_attention(q, k, v, self.num_heads, bias=position)  # the bias added in float32
+                return linear(out, self.proj.weight, self.proj.bias)
+            q, k, v = (self._split_heads(t) for t in (q, k, v))
             bias = position.to(q.dtype)
             if q.dtype in (torch.bfloat16, torch.float16) and q.device.type == "cpu":
                 # As a (windows, heads, T, T) view (no copy) the bias takes the fused kernel; as (heads, T, T) PyTorch's

@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, InvalidInputError
-from .blocks import Mlp, add_rope_parameters, apply_rope, rope_phases, window_partition, window_reverse
-from .low_precision import linear
+from .blocks import Mlp, add_rope_parameters, apply_rope, rope_phases, rope_rotation, window_partition, window_reverse
+from .low_precision import linear, rope_, rope_fusable, window_attention, window_attention_fusable
 
 
 def _nchw(x: torch.Tensor) -> torch.Tensor:
@@ -107,10 +107,17 @@ class WindowAttention(nn.Module):
         bn, n, c = windows.shape
         # channels of q/k/v are split head-major: (3, heads, head_dim), as in the checkpoint's qkv layout
         qkv = linear(windows, self.qkv.weight, self.qkv.bias)
-        qkv = qkv.reshape(bn, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
         phases = rope_phases(self.rope_freqs, self.rope_t_x, self.rope_t_y)
-        q, k = apply_rope(q, phases), apply_rope(k, phases)
+        if rope_fusable(qkv):  # bf16 on a CPU with the compiled kernels (low_precision.py): q | k rotated in place
+            rope_(qkv, 2 * c, c, rope_rotation(phases))
+            q, k, v = qkv.chunk(3, dim=-1)
+            if window_attention_fusable(q, k, v, self.num_heads):  # output already in the projection's layout
+                return linear(window_attention(q, k, v, self.num_heads), self.proj.weight, self.proj.bias)
+            q, k, v = (t.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2) for t in (q, k, v))
+        else:
+            qkv = qkv.reshape(bn, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv[0], qkv[1], qkv[2]
+            q, k = apply_rope(q, phases), apply_rope(k, phases)
         # [QUIRK] no attention mask even in shifted blocks, no relative-position bias; default 1/sqrt(d) scale
         out = F.scaled_dot_product_attention(q, k, v)
         return linear(out.transpose(1, 2).reshape(bn, n, c), self.proj.weight, self.proj.bias)
@@ -190,19 +197,32 @@ class OCAB(nn.Module):
         kv = kv.unfold(1, ows, ws).unfold(2, ows, ws)
         kv = kv.permute(0, 1, 2, 4, 5, 3).reshape(-1, ows * ows, 2 * c)  # tokens row-major inside the window
         k, v = kv[..., :c], kv[..., c:]
-
         bn = q.shape[0]
-        q = q.reshape(bn, ws * ws, self.num_heads, self.head_dim).transpose(1, 2)
-        k = k.reshape(bn, ows * ows, self.num_heads, self.head_dim).transpose(1, 2)
-        v = v.reshape(bn, ows * ows, self.num_heads, self.head_dim).transpose(1, 2)
 
         phases = rope_phases(self.rope_freqs, self.rope_t_x, self.rope_t_y)
-        q, k = apply_rope(q, phases), apply_rope(k, phases)  # q takes the first ws*ws phases [QUIRK]
-        out = F.scaled_dot_product_attention(q, k, v)
-        out = window_reverse(out.transpose(1, 2).reshape(bn, ws * ws, c), ws, h, w)
+        out = self._fused_attention(q, kv, phases) if rope_fusable(q, kv) else None
+        if out is None:
+            q, k, v = (t.reshape(bn, -1, self.num_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
+            q, k = apply_rope(q, phases), apply_rope(k, phases)  # q takes the first ws*ws phases [QUIRK]
+            out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(bn, ws * ws, c)
+        out = window_reverse(out, ws, h, w)
 
         x = linear(out, self.proj.weight, self.proj.bias) + shortcut
         return x + self.mlp(self.norm2(x))
+
+    def _fused_attention(self, q: torch.Tensor, kv: torch.Tensor, phases: torch.Tensor) -> torch.Tensor | None:
+        """bf16 on a CPU with the compiled kernels: RoPE in place on q (windows, ws^2, C) and on the k half of
+        kv (windows, ows^2, 2C), q with the first ws^2 phases [QUIRK]; then the window attention kernel, its output
+        (windows, ws^2, C). None, touching nothing, where the attention kernel does not apply (see
+        low_precision.window_attention_fusable)."""
+        c = q.shape[-1]
+        k, v = kv.chunk(2, dim=-1)
+        if not window_attention_fusable(q, k, v, self.num_heads):
+            return None
+        rotation = rope_rotation(phases)
+        rope_(q, c, c, rotation[:, :, :q.shape[1]].contiguous())
+        rope_(kv, c, c, rotation)
+        return window_attention(q, k, v, self.num_heads)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -208,19 +208,24 @@ def rope_(tokens: torch.Tensor, columns: int, width: int, rotation: torch.Tensor
 
 def window_attention_fusable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> bool:
     """Whether :func:`window_attention` applies: under :func:`fused_glue` on a CPU whose kernel can run
-    (``attention_available``), bf16 q, k, v of one shape (windows, T, C) with unit channel stride, heads of a
-    multiple of 32 channels."""
+    (``attention_available``), bf16 q (windows, Tq, C) and k, v (windows, Tk, C) with unit channel stride, heads of
+    an even number of channels."""
     kernels = _glue.get()
     return (kernels is not None and getattr(kernels, "attention_available", lambda: False)()
             and all(t.dtype == torch.bfloat16 and t.device.type == "cpu" and t.dim() == 3 and t.stride(-1) == 1
-                    and t.shape == q.shape for t in (q, k, v))
-            and q.shape[-1] % heads == 0 and (q.shape[-1] // heads) % 32 == 0)
+                    for t in (q, k, v))
+            and k.shape == v.shape and k.shape[0] == q.shape[0] and k.shape[2] == q.shape[2]
+            and q.shape[-1] % heads == 0 and (q.shape[-1] // heads) % 2 == 0)
 
 
-def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """``softmax(q k^T / sqrt(head_dim)) v`` per window and head, no mask, from bf16 (windows, T, C) q, k, v (heads
-    side by side in C), as (windows, T, C) bf16: SDPA's result in the layout the output projection reads. The
+def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                     bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(head_dim) + bias) v`` per window and head, from bf16 q (windows, Tq, C) and k, v
+    (windows, Tk, C) (heads side by side in C), as (windows, Tq, C) bf16: SDPA's result in the layout the output
+    projection reads. ``bias``: None, or (heads, Tq, Tk), the same for every window, added in float32. The
     compiled kernel (cuda/attention_cpu.cpp): the score and output products in oneDNN's bf16 batch-reduce GEMM with
     float32 results, an exact float32 softmax, the weights rounded to bf16 for the second product as PyTorch's
     flash attention rounds them. Only where :func:`window_attention_fusable` says so."""
-    return _glue.get().window_attention(q, k, v, heads, (q.shape[-1] // heads) ** -0.5)
+    if bias is not None:
+        bias = bias.to(torch.float32).contiguous()
+    return _glue.get().window_attention(q, k, v, heads, (q.shape[-1] // heads) ** -0.5, bias)

@@ -152,16 +152,13 @@ def wide_head_model(form: str) -> GSASRModel:
     return GSASRModel(EDSREncoder(num_feat=16, num_block=1), decoder, ModelInfo(architecture="tiny"))
 
 
-@pytest.mark.parametrize("heads", ["narrow", "32 wide"])
-def test_fused_glue_changes_only_roundings(model, monkeypatch, heads):
-    """The bf16 path with the compiled glue kernels (on any CPU here, their generic loops where it has no AVX-512)
-    against the same path with PyTorch's glue: both as far from float32 as each other. With heads of 32 channels
-    the enhanced form's attention also runs in the window attention kernel, where this CPU can run it."""
+def run_with_and_without_kernels(model: GSASRModel, monkeypatch) -> dict[str, int]:
+    """Gaussians of a small image in float32, in bf16 with PyTorch's glue and attention, and in bf16 with the
+    compiled kernels (on any CPU here: their generic loops where it has no AVX-512); asserts that the kernels leave
+    the error from float32 its size (they only move some roundings by one bf16 step) and returns their calls."""
     module, reason = render._compiled()
     if module is None or not hasattr(module, "residual_layer_norm"):
         pytest.skip(f"the compiled module is not built here: {reason or 'built before the network kernels'}")
-    if heads == "32 wide":
-        model = wide_head_model(model.decoder.form)
     torch.manual_seed(1)
     x = torch.rand(1, 3, 16, 24)
     kernels = CountingKernels(module)
@@ -171,17 +168,43 @@ def test_fused_glue_changes_only_roundings(model, monkeypatch, heads):
         plain_glue = model.gaussians(x, 2.5, amp="bf16")
         monkeypatch.setattr("gsasr.model.cpu_network_kernels", lambda: kernels)
         fused_glue = model.gaussians(x, 2.5, amp="bf16")
-    enhanced = model.decoder.form == "enhanced"
-    assert kernels.calls["residual_layer_norm"] > 0
-    assert (kernels.calls["rope_"] > 0) == enhanced
-    attention_expected = enhanced and heads == "32 wide" and module.attention_available()
-    assert (kernels.calls["window_attention"] > 0) == attention_expected
     scale = exact.abs().amax(dim=(0, 1))
     for measure, growth in ((lambda e: e.pow(2).mean(dim=(0, 1)).sqrt(), FUSED_GLUE_ERROR_GROWTH),
                             (lambda e: e.abs().amax(dim=(0, 1)), FUSED_GLUE_MAX_ERROR_GROWTH)):
         fused_error, plain_error = measure(fused_glue - exact) / scale, measure(plain_glue - exact) / scale
         assert (fused_error <= growth * plain_error).all()
     assert not torch.equal(fused_glue, exact)
+    return kernels.calls
+
+
+@pytest.mark.parametrize("heads", ["narrow", "32 wide"])
+def test_fused_glue_changes_only_roundings(model, monkeypatch, heads):
+    """The decoder: residual + LayerNorm and (enhanced form) RoPE kernels, and its attention in the window attention
+    kernel (the paper form's with its relative-position bias) where this CPU can run it; heads of 12 channels (the
+    tiny model: the kernels' generic and masked paths) and of 32 (the released enhanced models')."""
+    if heads == "32 wide":
+        model = wide_head_model(model.decoder.form)
+    calls = run_with_and_without_kernels(model, monkeypatch)
+    enhanced = model.decoder.form == "enhanced"
+    assert calls["residual_layer_norm"] > 0
+    assert (calls["rope_"] > 0) == enhanced
+    assert (calls["window_attention"] > 0) == render._compiled()[0].attention_available()
+
+
+def test_hat_attention_kernels_change_only_roundings(monkeypatch):
+    """HAT-L's window (HAB) and overlapping (OCAB: 16 queries, 36 keys per window here) attentions, RoPE in place
+    and the window attention kernel, on a small HAT encoder whose heads have 32 channels."""
+    from conftest import tiny_networks
+
+    from gsasr.archs.encoder_hat import HATEncoder
+
+    torch.manual_seed(0)
+    encoder = HATEncoder(embed_dim=64, depths=(2, 2), num_heads=(2, 2), window_size=4, squeeze_factor=8,
+                         num_feat=16).eval()
+    model = GSASRModel(encoder, tiny_networks("paper")[1], ModelInfo(architecture="tiny"))
+    calls = run_with_and_without_kernels(model, monkeypatch)
+    assert calls["rope_"] > 0
+    assert (calls["window_attention"] > 0) == render._compiled()[0].attention_available()
 
 
 def test_off_is_untouched_by_an_earlier_bf16_run(model):

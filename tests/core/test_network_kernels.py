@@ -60,7 +60,7 @@ def make_term(kind: str, shape: tuple[int, ...]) -> torch.Tensor | None:
     return values.to({"bf16": torch.bfloat16, "float32": torch.float32}[dtype])
 
 
-@pytest.mark.parametrize("channels", [192, 180, 24])
+@pytest.mark.parametrize("channels", [192, 180, 24, 8])
 @pytest.mark.parametrize("term_kind", TERMS)
 def test_residual_layer_norm_is_the_add_then_pytorch_layer_norm(ext, generic, channels, term_kind):
     torch.manual_seed(channels + TERMS.index(term_kind))
@@ -150,20 +150,25 @@ def split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
     return t.unflatten(-1, (heads, -1)).transpose(1, 2)
 
 
-@pytest.mark.parametrize("windows, tokens, heads, stacked", [(28, 144, 6, True), (5, 144, 6, False),
-                                                              (3, 143, 2, True), (4, 256, 6, True), (2, 7, 1, False)])
-def test_window_attention_is_sdpa(attention, windows, tokens, heads, stacked):
+@pytest.mark.parametrize("head_dim", [32, 30, 12])
+@pytest.mark.parametrize("windows, queries, tokens, heads, stacked", [
+    (28, 144, 144, 6, True), (5, 144, 144, 6, False), (3, 143, 143, 2, True), (4, 256, 256, 6, True),
+    (2, 7, 7, 1, False), (3, 256, 576, 6, False), (2, 16, 37, 2, False)])
+def test_window_attention_is_sdpa(attention, windows, queries, tokens, heads, stacked, head_dim):
     """Against PyTorch's SDPA on the same bf16 inputs, both measured from the float64 result: as close as SDPA
     (the same float32 scores and softmax, the same bf16 rounding of the weights), in the projection's layout.
-    q, k, v as views of one stacked product (self-attention) or as separate tensors (cross-attention)."""
-    torch.manual_seed(windows * tokens)
-    width = heads * 32
+    q, k, v as views of one stacked product (self-attention) or as separate tensors (cross-attention, also with
+    more keys than queries: HAT's overlapping windows). Heads of 32 channels (the enhanced decoder, HAT-L), 30 (the
+    paper decoder) and 12."""
+    torch.manual_seed(windows * tokens + queries + head_dim)
+    width = heads * head_dim
     if stacked:
         q, k, v = (torch.randn(windows, tokens, 3 * width) * 1.5).bfloat16().chunk(3, dim=-1)
     else:
-        q, k, v = ((torch.randn(windows, tokens, width) * 1.5).bfloat16() for _ in range(3))
-    out = attention(q, k, v, heads, 32 ** -0.5)
-    assert out.shape == (windows, tokens, width) and out.dtype == torch.bfloat16 and out.is_contiguous()
+        q = (torch.randn(windows, queries, width) * 1.5).bfloat16()
+        k, v = ((torch.randn(windows, tokens, width) * 1.5).bfloat16() for _ in range(2))
+    out = attention(q, k, v, heads, head_dim ** -0.5)
+    assert out.shape == (windows, queries, width) and out.dtype == torch.bfloat16 and out.is_contiguous()
     sdpa = F.scaled_dot_product_attention(*(split_heads(t, heads) for t in (q, k, v))).transpose(1, 2).flatten(2)
     exact = F.scaled_dot_product_attention(*(split_heads(t.double(), heads) for t in (q, k, v)))
     exact = exact.transpose(1, 2).flatten(2)
@@ -172,11 +177,36 @@ def test_window_attention_is_sdpa(attention, windows, tokens, heads, stacked):
     assert ours_error.mean() <= WINDOW_ATTENTION_ERROR_GROWTH * sdpa_error.mean()
 
 
+@pytest.mark.parametrize("queries, tokens", [(144, 144), (16, 37)])
+def test_window_attention_adds_the_bias_in_float32(attention, queries, tokens):
+    """The paper decoder's relative-position bias (heads, Tq, Tk), the same for every window, added to the scaled
+    scores: against SDPA with that float32 mask on the same bf16 q, k, v, and against float64."""
+    torch.manual_seed(queries + tokens)
+    heads, width = 6, 192
+    q = (torch.randn(4, queries, width) * 1.5).bfloat16()
+    k, v = ((torch.randn(4, tokens, width) * 1.5).bfloat16() for _ in range(2))
+    bias = torch.randn(heads, queries, tokens) * 2
+    out = attention(q, k, v, heads, 32 ** -0.5, bias)
+    q4, k4, v4 = (split_heads(t, heads) for t in (q, k, v))
+    sdpa = F.scaled_dot_product_attention(q4.float(), k4.float(), v4.float(), attn_mask=bias)
+    exact = F.scaled_dot_product_attention(q4.double(), k4.double(), v4.double(), attn_mask=bias.double())
+    sdpa, exact = (t.transpose(1, 2).flatten(2) for t in (sdpa, exact))
+    # float32 SDPA has no bf16 rounding of the weights: ours is within that rounding (2^-8 relative per weight)
+    assert ((out.double() - exact).abs() <= 2.0 ** -8 * exact.abs().amax() + bf16_ulp(exact)).all()
+    without_bias = attention(q, k, v, heads, 32 ** -0.5)
+    assert (out.double() - exact).abs().mean() < (without_bias.double() - exact).abs().mean() / 10
+    assert (sdpa.double() - exact).abs().max() < 1e-5
+
+
 def test_window_attention_refuses_what_it_cannot_read(ext, attention):
     q = torch.zeros(2, 144, 192, dtype=torch.bfloat16)
-    with pytest.raises(RuntimeError, match="multiples of 32"):
-        attention(q, q, q, 12, 0.25)  # head_dim 16
+    with pytest.raises(RuntimeError, match="even head dimension"):
+        attention(q, q, q, 64, 0.25)  # head_dim 3
     with pytest.raises(RuntimeError, match="one shape"):
-        attention(q, q[:, :100], q[:, :100], 6, 0.25)
+        attention(q, q[:, :100], q, 6, 0.25)
+    with pytest.raises(RuntimeError, match="one shape"):
+        attention(q, q[:1], q[:1], 6, 0.25)
     with pytest.raises(RuntimeError, match="bf16"):
         attention(q.float(), q.float(), q.float(), 6, 0.25)
+    with pytest.raises(RuntimeError, match="bias"):
+        attention(q, q, q, 6, 0.25, torch.zeros(6, 144, 100))
