@@ -252,8 +252,10 @@ def _cpu_kernels_line() -> str:
             "the native module was built before them; rerun `python install.py`"
             if not hasattr(module, "network_kernels_vectorized") else "this CPU has no AVX-512 with bf16 conversions")
         return f"PyTorch's operations ({why})"
+    from .archs import kernel_self_check
+
     attention = "window attention" if kernels.attention_available() else "no window attention (PyTorch's brgemm)"
-    return f"fused LayerNorm/residual and RoPE, {attention}"
+    return f"fused LayerNorm/residual and RoPE, {attention}; {kernel_self_check.check(kernels).describe()}"
 
 
 def _amp_auto_line(device) -> str:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import tiling
+from .archs import kernel_self_check
 from .archs.low_precision import cast_weights, fused_glue
 from .environment import cpu_bf16_matrix_units
 from .errors import InsufficientMemoryError, InvalidInputError
@@ -244,8 +245,8 @@ class GSASRModel(nn.Module):
                 stack.enter_context(torch.autocast(device_type=self.device.type, dtype=amp_dtype))
                 if self.device.type == "cpu":
                     stack.enter_context(cast_weights(self, amp_dtype))
-                    if amp_dtype == torch.bfloat16:  # the fused glue kernels write bf16
-                        stack.enter_context(fused_glue(cpu_network_kernels()))
+                    if amp_dtype == torch.bfloat16:  # the compiled kernels write bf16; checked once per process
+                        stack.enter_context(fused_glue(kernel_self_check.usable(cpu_network_kernels())))
             yield
 
     def bytes_per_lr_pixel(self) -> int:
