@@ -36,22 +36,21 @@ bool network_kernels_vectorized();  // network_cpu.cpp
 #ifdef GSASR_HAVE_ATTENTION
 namespace {
 
-// exp(x) for x <= 0 (scores minus their row maximum): 2^n * p(r) with n = round(x log2 e) and p the degree-5
-// Taylor polynomial on r = x - n ln 2 in [-ln2/2, ln2/2]: relative error below 2.5e-6 (r^6 / 720), a thousandth
-// of the bf16 rounding every weight then gets; below -87 it returns 0 or a tiny value, which a softmax cannot
-// tell from 0.
-GSASR_AVX512_BF16 inline __m512 exp_nonpositive(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 120.0f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+// 2^t for t <= 0 (scaled scores minus their row maximum, in units of log2 e): 2^n * p(f) with n = round(t) and p
+// the degree-5 Taylor polynomial of e^(f ln 2) on f = t - n in [-1/2, 1/2]: relative error below 2.5e-6
+// ((ln2 / 2)^6 / 720), a thousandth of the bf16 rounding every weight then gets. Working in base 2 (the scale
+// times log2 e folded into one multiply) saves the range reduction's two extra products. Far below the maximum
+// 2^n underflows to 0, which a softmax cannot tell from the exact value.
+GSASR_AVX512_BF16 inline __m512 exp2_nonpositive(__m512 t) {
+  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, n);
+  constexpr float ln2 = 0.693147180559945309f;
+  __m512 p = _mm512_set1_ps(ln2 * ln2 * ln2 * ln2 * ln2 / 120.0f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ln2 * ln2 * ln2 * ln2 / 24.0f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ln2 * ln2 * ln2 / 6.0f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ln2 * ln2 / 2.0f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ln2));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
   return _mm512_scalef_ps(p, n);
 }
 
@@ -93,18 +92,43 @@ GSASR_AVX512_BF16 void attend(const AttentionArgs& a, int64_t window, int64_t he
   const uint16_t* k = a.k.data + window * a.k.window_stride + column;
   const uint16_t* v = a.v.data + window * a.v.window_stride + column;
 
-  // K^T packed: B of the score GEMM is (head_dim x tokens); pairs of channels are adjacent in a token's row.
-  for (int64_t t = 0; t < t_count; ++t) {
-    const uint32_t* row = reinterpret_cast<const uint32_t*>(k + t * a.k.token_stride);
-    for (int64_t p = 0; p < d / 2; ++p) s.keys[p * t_count + t] = row[p];
+  // K^T packed: B of the score GEMM is (head_dim x tokens) in VNNI pairs, i.e. K's rows read as head_dim / 2
+  // 32-bit words, transposed: 16 tokens of one word at a time (a gather; masked at the last block of tokens).
+  const int64_t word_stride = a.k.token_stride / 2;
+  const __m512i token_offsets = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+                                                                     13, 14, 15),
+                                                   _mm512_set1_epi32(static_cast<int>(word_stride)));
+  for (int64_t t0 = 0; t0 < t_count; t0 += 16) {
+    const __mmask16 lanes = t_count - t0 >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (t_count - t0)) - 1u);
+    const int* base = reinterpret_cast<const int*>(k + t0 * a.k.token_stride);
+    for (int64_t p = 0; p < d / 2; ++p) {
+      const __m512i words = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), lanes, token_offsets, base + p, 4);
+      _mm512_mask_storeu_epi32(s.keys.data() + p * t_count + t0, lanes, words);
+    }
   }
-  // V packed: B of the output GEMM is (tokens x head_dim); pairs of tokens interleaved (a zero token pads odd T).
+  // V packed: B of the output GEMM is (tokens x head_dim) in VNNI pairs: two token rows interleaved element by
+  // element, 32 channels at a time (a zero token pads odd T).
+  const __m512i low_half = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7,
+                                            38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+  const __m512i high_half = _mm512_add_epi16(low_half, _mm512_set1_epi16(16));
   for (int64_t p = 0; p < pairs; ++p) {
     const uint16_t* even = v + 2 * p * a.v.token_stride;
     const bool has_odd = 2 * p + 1 < t_count;
     const uint16_t* odd = v + (2 * p + 1) * a.v.token_stride;
-    for (int64_t j = 0; j < d; ++j) {
-      s.values[p * d + j] = static_cast<uint32_t>(even[j]) | (has_odd ? static_cast<uint32_t>(odd[j]) << 16 : 0u);
+    uint16_t* packed = reinterpret_cast<uint16_t*>(s.values.data() + p * d);
+    for (int64_t j = 0; j < d; j += 32) {
+      const int64_t n = std::min<int64_t>(32, d - j);
+      const __mmask32 in = n == 32 ? 0xFFFFFFFFu : static_cast<__mmask32>((1u << n) - 1u);
+      const __m512i e = _mm512_maskz_loadu_epi16(in, even + j);
+      const __m512i o = has_odd ? _mm512_maskz_loadu_epi16(in, odd + j) : _mm512_setzero_si512();
+      const int64_t out = 2 * n;  // 16-bit values written: the first 32 from low_half, the rest from high_half
+      _mm512_mask_storeu_epi16(packed + 2 * j, out >= 32 ? 0xFFFFFFFFu : static_cast<__mmask32>((1u << out) - 1u),
+                               _mm512_permutex2var_epi16(e, low_half, o));
+      if (out > 32) {
+        _mm512_mask_storeu_epi16(packed + 2 * j + 32,
+                                 out >= 64 ? 0xFFFFFFFFu : static_cast<__mmask32>((1u << (out - 32)) - 1u),
+                                 _mm512_permutex2var_epi16(e, high_half, o));
+      }
     }
   }
 
@@ -113,6 +137,7 @@ GSASR_AVX512_BF16 void attend(const AttentionArgs& a, int64_t window, int64_t he
                               reinterpret_cast<const at::BFloat16*>(s.keys.data()), s.scores.data());
 
   const __m512 scale = _mm512_set1_ps(a.scale);
+  const __m512 log2e = _mm512_set1_ps(1.44269504088896341f);
   const int64_t full = t_count / 16 * 16;
   const __mmask16 tail = static_cast<__mmask16>((1u << (t_count - full)) - 1u);
   const float* bias_rows = a.bias == nullptr ? nullptr : a.bias + head * a.queries * t_count;
@@ -130,6 +155,7 @@ GSASR_AVX512_BF16 void attend(const AttentionArgs& a, int64_t window, int64_t he
       }
       row_scale = _mm512_set1_ps(1.0f);
     }
+    row_scale = _mm512_mul_ps(row_scale, log2e);  // exponents in base 2
     __m512 best = _mm512_set1_ps(-INFINITY);
     for (int64_t j = 0; j < full; j += 16) best = _mm512_max_ps(best, _mm512_loadu_ps(row + j));
     if (tail) best = _mm512_mask_max_ps(best, tail, best, _mm512_maskz_loadu_ps(tail, row + full));
@@ -137,12 +163,12 @@ GSASR_AVX512_BF16 void attend(const AttentionArgs& a, int64_t window, int64_t he
     __m512 sum = _mm512_setzero_ps();
     uint16_t* weights = s.weights.data() + i * ld;
     for (int64_t j = 0; j < full; j += 16) {
-      const __m512 e = exp_nonpositive(_mm512_fmsub_ps(_mm512_loadu_ps(row + j), row_scale, shift));
+      const __m512 e = exp2_nonpositive(_mm512_fmsub_ps(_mm512_loadu_ps(row + j), row_scale, shift));
       sum = _mm512_add_ps(sum, e);
       store_bf16(weights + j, e);
     }
     if (tail) {
-      const __m512 e = exp_nonpositive(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(tail, row + full), row_scale, shift));
+      const __m512 e = exp2_nonpositive(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(tail, row + full), row_scale, shift));
       sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(tail, e));
       store_bf16_masked(weights + full, e, tail);
     }
