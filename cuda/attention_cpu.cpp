@@ -23,7 +23,10 @@
 #include <cstring>
 #include <vector>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// The AVX512-BF16 intrinsics need GCC 10 or clang 9; older compilers build the generic loops only (the module, and
+// with it the rasteriser, must build everywhere).
+#if defined(__x86_64__) && ((defined(__clang__) && __clang_major__ >= 9) || \
+                            (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 10))
 #include <immintrin.h>
 #define GSASR_HAVE_ATTENTION 1
 #define GSASR_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
@@ -246,6 +249,8 @@ torch::Tensor window_attention_cpu(const torch::Tensor& q, const torch::Tensor& 
     for (int64_t task = begin; task < end; ++task) attend(args, task / heads, task % heads, s);
     at::native::cpublas::brgemm_release();
   });
+#else
+  (void)bias_data;  // unreachable: attention_available() is false without the AVX-512 path
 #endif
   return out;
 }

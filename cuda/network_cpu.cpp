@@ -20,7 +20,10 @@
 #include <cstdint>
 #include <cstring>
 
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+// The AVX512-BF16 intrinsics need GCC 10 or clang 9; older compilers build the generic loops only (the module, and
+// with it the rasteriser, must build everywhere).
+#if defined(__x86_64__) && ((defined(__clang__) && __clang_major__ >= 9) || \
+                            (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 10))
 #include <immintrin.h>
 #define GSASR_HAVE_AVX512_PATH 1
 #define GSASR_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
