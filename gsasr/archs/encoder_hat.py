@@ -35,7 +35,16 @@ from torch import nn
 
 from ..errors import CheckpointError, InvalidInputError
 from .blocks import Mlp, add_rope_parameters, apply_rope, rope_phases, rope_rotation, window_partition, window_reverse
-from .low_precision import linear, rope_, rope_fusable, window_attention, window_attention_fusable
+from .low_precision import (
+    add_,
+    add_norm,
+    float_norm,
+    linear,
+    rope_,
+    rope_fusable,
+    window_attention,
+    window_attention_fusable,
+)
 
 
 def _nchw(x: torch.Tensor) -> torch.Tensor:
@@ -141,7 +150,7 @@ class HAB(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, h, w, _ = x.shape
         shortcut = x
-        x = self.norm1(x)
+        x = add_norm(x, None, self.norm1)  # bf16 already with the compiled kernels (low_precision.py)
         # the convolutional branch sees the normalised, unshifted image (contiguous NCHW: see _nchw)
         conv_x = self.conv_block(_nchw(x)).permute(0, 2, 3, 1)
 
@@ -154,7 +163,7 @@ class HAB(nn.Module):
 
         # same summation order as the official block (shortcut + attention, then the scaled conv branch)
         x = shortcut + attn_x + conv_x * self.conv_scale
-        return x + self.mlp(self.norm2(x))
+        return add_(x, self.mlp(add_norm(x, None, self.norm2)))  # x is this block's own tensor: added in place
 
 
 class OCAB(nn.Module):
@@ -189,7 +198,7 @@ class OCAB(nn.Module):
         b, h, w, c = x.shape
         ws, ows, p = self.window_size, self.overlap_win_size, self.padding
         shortcut = x
-        qkv = linear(self.norm1(x), self.qkv.weight, self.qkv.bias)  # (B, H, W, 3C): q | k | v
+        qkv = linear(add_norm(x, None, self.norm1), self.qkv.weight, self.qkv.bias)  # (B, H, W, 3C): q | k | v
 
         q = window_partition(qkv[..., :c], ws)  # (B*nW, ws*ws, C)
         kv = F.pad(qkv[..., c:], (0, 0, p, p, p, p))  # zero border on H and W
@@ -208,7 +217,7 @@ class OCAB(nn.Module):
         out = window_reverse(out, ws, h, w)
 
         x = linear(out, self.proj.weight, self.proj.bias) + shortcut
-        return x + self.mlp(self.norm2(x))
+        return add_(x, self.mlp(add_norm(x, None, self.norm2)))  # x is this block's own tensor: added in place
 
     def _fused_attention(self, q: torch.Tensor, kv: torch.Tensor, phases: torch.Tensor) -> torch.Tensor | None:
         """bf16 on a CPU with the compiled kernels: RoPE in place on q (windows, ws^2, C) and on the k half of
@@ -272,7 +281,7 @@ class PatchEmbedNorm(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x)
+        return float_norm(self.norm, x)  # the token stream starts here: float32, as in the official AMP
 
 
 class HATEncoder(nn.Module):

@@ -31,6 +31,7 @@ from torch import nn
 
 from ..errors import CheckpointError, InvalidInputError
 from .blocks import Mlp, window_partition, window_reverse
+from .low_precision import add_, add_norm, float_norm
 
 # The official mask value between tokens of different regions (not -inf: softmax stays finite everywhere).
 _MASK_VALUE = -100.0
@@ -172,7 +173,7 @@ class SwinBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, c = x.shape
         ws = self.window_size
-        y = self.norm1(x)
+        y = add_norm(x, None, self.norm1)  # bf16 already with the compiled kernels (low_precision.py)
         if self.shift:
             y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(1, 2))
         windows = window_partition(y, ws).reshape(b, h // ws, w // ws, ws * ws, c)
@@ -181,7 +182,7 @@ class SwinBlock(nn.Module):
         if self.shift:
             y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
         x = x + y
-        return x + self.mlp(self.norm2(x))
+        return add_(x, self.mlp(add_norm(x, None, self.norm2)))  # x is this block's own tensor: added in place
 
 
 class SwinGroup(nn.Module):
@@ -220,7 +221,7 @@ class PatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x)
+        return float_norm(self.norm, x)  # the token stream starts here: float32, as in the official AMP
 
 
 class SwinIREncoder(nn.Module):

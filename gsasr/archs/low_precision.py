@@ -88,6 +88,16 @@ class ReLU(nn.Module):
         return relu_(x)
 
 
+def float_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` computed and returned in float32 when ``x`` is bf16/fp16 (an autocast product's output), as CUDA
+    autocast runs every LayerNorm; CPU autocast would keep it in bf16, and with it the residual stream that starts
+    there (HAT-L's and SwinIR's token streams), rounded to bf16 after every block instead of kept in float32 as in
+    the official AMP. A float32 or float64 ``x`` goes through unchanged."""
+    if x.dtype in (torch.bfloat16, torch.float16):
+        x = x.float()
+    return norm(x)
+
+
 def fused_linear_relu_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether :func:`linear_relu` runs the fused oneDNN product (bf16 weights, CPU, inference, oneDNN built in)."""
     return (weight.dtype == torch.bfloat16 and x.device.type == "cpu" and not torch.is_grad_enabled()

@@ -256,3 +256,20 @@ def test_stream_plus_bf16_branch_is_the_float32_sum():
     term = torch.randn(5, 7).bfloat16()
     expected = x + term
     assert add_(x, term) is x and torch.equal(x, expected)
+
+
+@pytest.mark.parametrize("encoder", ["HAT", "SWIN"])
+def test_transformer_encoders_keep_a_float32_stream_under_cpu_autocast(encoder):
+    """CPU autocast keeps a LayerNorm of a bf16 input in bf16, CUDA autocast (the official AMP) runs it in float32:
+    the token stream that starts at the patch embedding's LayerNorm stays float32, as in the official AMP, and
+    float32 / float64 models are untouched."""
+    from gsasr.archs.encoder_hat import PatchEmbedNorm
+    from gsasr.archs.encoder_swinir import PatchEmbed
+
+    embed = (PatchEmbedNorm if encoder == "HAT" else PatchEmbed)(8)
+    x = torch.randn(1, 4, 4, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert embed(x.bfloat16()).dtype == torch.float32
+        assert torch.equal(embed(x.bfloat16()), embed.norm(x.bfloat16().float()))
+    assert torch.equal(embed(x), embed.norm(x))
+    assert embed.double()(x.double()).dtype == torch.float64
