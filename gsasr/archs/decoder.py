@@ -203,6 +203,8 @@ class WindowAttention(nn.Module):
             # bf16 on a CPU with the fused kernels: RoPE in place on the products (q | k of the stacked product, or q,
             # then k of k | v), then the window attention kernel, whose output is already in the projection's layout
             phases, rotation = position
+            if rotation is None:  # position terms computed outside the kernels' block
+                rotation = rope_rotation(phases)
             width = self.num_heads * self.head_dim
             for tokens, columns in zip(projections, (2 * width,) if len(projections) == 1 else (width, width),
                                        strict=True):
