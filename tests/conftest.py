@@ -135,3 +135,14 @@ def assert_encoder_shapes(encoder, shapes) -> None:
             out = encoder(torch.rand(shape))
         assert out.shape == (shape[0], encoder.out_channels, *shape[2:]), (shape, tuple(out.shape))
         assert torch.isfinite(out).all()
+
+
+@pytest.fixture(scope="session")
+def network_kernels():
+    """The compiled module with the networks' CPU kernels (cuda/network_cpu.cpp, attention_cpu.cpp), or skip."""
+    from gsasr import render
+
+    module, reason = render._compiled()
+    if module is None or not hasattr(module, "residual_layer_norm"):
+        pytest.skip(f"the compiled module is not built here: {reason or 'built before the network kernels'}")
+    return module

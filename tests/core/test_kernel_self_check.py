@@ -7,16 +7,12 @@ import logging
 import pytest
 import torch
 
-from gsasr import render
 from gsasr.archs import kernel_self_check
 
 
-@pytest.fixture(scope="module")
-def module():
-    built, reason = render._compiled()
-    if built is None or not hasattr(built, "residual_layer_norm"):
-        pytest.skip(f"the compiled module is not built here: {reason or 'built before the network kernels'}")
-    return built
+@pytest.fixture
+def module(network_kernels):
+    return network_kernels
 
 
 class Broken:

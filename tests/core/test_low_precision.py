@@ -12,7 +12,7 @@ from tolerances import (
     FUSED_GLUE_MAX_ERROR_GROWTH,
 )
 
-from gsasr import environment, render
+from gsasr import environment
 from gsasr.archs import kernel_self_check
 from gsasr.archs.low_precision import add_, cast_weights, linear, linear_gelu, linear_relu, relu_
 from gsasr.model import GSASRModel, ModelInfo, resolve_amp
@@ -153,13 +153,10 @@ def wide_head_model(form: str) -> GSASRModel:
     return GSASRModel(EDSREncoder(num_feat=16, num_block=1), decoder, ModelInfo(architecture="tiny"))
 
 
-def run_with_and_without_kernels(model: GSASRModel, monkeypatch) -> dict[str, int]:
+def run_with_and_without_kernels(model: GSASRModel, monkeypatch, module) -> dict[str, int]:
     """Gaussians of a small image in float32, in bf16 with PyTorch's glue and attention, and in bf16 with the
     compiled kernels (on any CPU here: their generic loops where it has no AVX-512); asserts that the kernels leave
     the error from float32 its size (they only move some roundings by one bf16 step) and returns their calls."""
-    module, reason = render._compiled()
-    if module is None or not hasattr(module, "residual_layer_norm"):
-        pytest.skip(f"the compiled module is not built here: {reason or 'built before the network kernels'}")
     torch.manual_seed(1)
     x = torch.rand(1, 3, 16, 24)
     kernels = CountingKernels(module)
@@ -181,20 +178,20 @@ def run_with_and_without_kernels(model: GSASRModel, monkeypatch) -> dict[str, in
 
 
 @pytest.mark.parametrize("heads", ["narrow", "32 wide"])
-def test_fused_glue_changes_only_roundings(model, monkeypatch, heads):
+def test_fused_glue_changes_only_roundings(model, monkeypatch, heads, network_kernels):
     """The decoder: residual + LayerNorm and (enhanced form) RoPE kernels, and its attention in the window attention
     kernel (the paper form's with its relative-position bias) where this CPU can run it; heads of 12 channels (the
     tiny model: the kernels' generic and masked paths) and of 32 (the released enhanced models')."""
     if heads == "32 wide":
         model = wide_head_model(model.decoder.form)
-    calls = run_with_and_without_kernels(model, monkeypatch)
+    calls = run_with_and_without_kernels(model, monkeypatch, network_kernels)
     enhanced = model.decoder.form == "enhanced"
     assert calls["residual_layer_norm"] > 0
     assert (calls["rope_"] > 0) == enhanced
-    assert (calls["window_attention"] > 0) == render._compiled()[0].attention_available()
+    assert (calls["window_attention"] > 0) == network_kernels.attention_available()
 
 
-def test_hat_attention_kernels_change_only_roundings(monkeypatch):
+def test_hat_attention_kernels_change_only_roundings(monkeypatch, network_kernels):
     """HAT-L's window (HAB) and overlapping (OCAB: 16 queries, 36 keys per window here) attentions, RoPE in place
     and the window attention kernel, on a small HAT encoder whose heads have 32 channels."""
     from conftest import tiny_networks
@@ -205,9 +202,9 @@ def test_hat_attention_kernels_change_only_roundings(monkeypatch):
     encoder = HATEncoder(embed_dim=64, depths=(2, 2), num_heads=(2, 2), window_size=4, squeeze_factor=8,
                          num_feat=16).eval()
     model = GSASRModel(encoder, tiny_networks("paper")[1], ModelInfo(architecture="tiny"))
-    calls = run_with_and_without_kernels(model, monkeypatch)
+    calls = run_with_and_without_kernels(model, monkeypatch, network_kernels)
     assert calls["rope_"] > 0
-    assert (calls["window_attention"] > 0) == render._compiled()[0].attention_available()
+    assert (calls["window_attention"] > 0) == network_kernels.attention_available()
 
 
 def test_off_is_untouched_by_an_earlier_bf16_run(model):

@@ -12,16 +12,12 @@ import torch
 import torch.nn.functional as F
 from tolerances import FUSED_NORM_BF16_FLIP_FRACTION, WINDOW_ATTENTION_ERROR_GROWTH
 
-from gsasr import render
 from gsasr.archs.blocks import apply_rope, rope_phases, rope_rotation
 
 
-@pytest.fixture(scope="module")
-def ext():
-    module, reason = render._compiled()
-    if module is None or not hasattr(module, "residual_layer_norm"):
-        pytest.skip(f"the compiled module is not built here: {reason or 'built before the network kernels'}")
-    return module
+@pytest.fixture
+def ext(network_kernels):
+    return network_kernels
 
 
 @pytest.fixture(params=["vectorised", "generic"])
