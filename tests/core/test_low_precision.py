@@ -193,7 +193,8 @@ def test_fused_glue_changes_only_roundings(model, monkeypatch, heads, network_ke
 
 def test_hat_attention_kernels_change_only_roundings(monkeypatch, network_kernels):
     """HAT-L's window (HAB) and overlapping (OCAB: 16 queries, 36 keys per window here) attentions, RoPE in place
-    and the window attention kernel, on a small HAT encoder whose heads have 32 channels."""
+    and the window attention kernel, and the residual + LayerNorm kernels on its float32 token stream, on a small HAT
+    encoder whose heads have 32 channels."""
     from conftest import tiny_networks
 
     from gsasr.archs.encoder_hat import HATEncoder
