@@ -44,10 +44,21 @@ def main() -> int:
         print(f"[GSASR install] backends: {backends} (auto picks the one matching the image's device)")
         if no_cuda is not None:
             print(f"[GSASR install] no cuda backend: {no_cuda}")
+        print(f"[GSASR install] bf16 CPU network kernels: {_network_kernels_state(module)}")
         return 0
     print("[GSASR install] the native rasteriser could not be built; GSASR still works with the slower PyTorch "
           "reference. Install a C++ compiler (g++ or MSVC Build Tools) and ninja, then run `python install.py`.")
     return 0
+
+
+def _network_kernels_state(module) -> str:
+    """Whether bf16 forwards on this CPU will use the module's network kernels (cuda/network_cpu.cpp,
+    attention_cpu.cpp): they need AVX-512 with bf16 conversions, and a compiler that knows them."""
+    if not module.network_kernels_vectorized():
+        return ("not used here: they need a CPU with AVX-512 and bf16 (Intel Cooper Lake, Sapphire Rapids and later, "
+                "AMD Zen 4/5) and GCC >= 10 or clang >= 9 to build them; PyTorch's operations run instead")
+    attention = "with" if module.attention_available() else "without"
+    return f"in use for amp bf16 ({attention} the window attention kernel)"
 
 
 def _report_triton() -> None:
