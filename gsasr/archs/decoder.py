@@ -170,7 +170,8 @@ class WindowAttention(nn.Module):
         passes it to every chunk."""
         if self.position == "bias":
             bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-            return bias.view(self.tokens, self.tokens, self.num_heads).permute(2, 0, 1)
+            # contiguous once per layer: the attention kernel reads it as such in every chunk
+            return bias.view(self.tokens, self.tokens, self.num_heads).permute(2, 0, 1).contiguous()
         phases = rope_phases(self.rope_freqs, self.rope_t_x, self.rope_t_y)
         return phases, rope_rotation(phases) if rope_fusable() else None  # the table only the fused kernel reads
 

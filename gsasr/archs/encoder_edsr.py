@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .low_precision import ReLU
+from .low_precision import ReLU, float_stream
 
 
 class ResidualBlock(nn.Module):
@@ -41,9 +41,7 @@ class EDSREncoder(nn.Module):
         # every block: 16 roundings of a stream that grows block after block (no long skip) cost the whole model
         # ~6 dB on the conditioned golden weights. Kept in float32 the sums round once per block only in the
         # branch. No-op without autocast (the float32 or float64 model's own dtype is kept).
-        if x.dtype in (torch.bfloat16, torch.float16):
-            x = x.float()
-        return self.conv_after_body(self.body(x))
+        return self.conv_after_body(self.body(float_stream(x)))
 
 
 def infer_edsr_config(state_dict) -> dict:

@@ -1,17 +1,19 @@
-"""Running a network's matrix products in bf16 (or fp16) from weights cast once, not once per call.
+"""The networks' reduced-precision path (bf16 or fp16 under autocast), made fast on CPUs with bf16 matrix units.
 
-Why: under ``torch.autocast`` every ``nn.Linear`` and ``nn.Conv2d`` call casts its float32 weight and bias to the
-autocast dtype again (autocast only caches casts of weights that require grad, and inference runs without). On a
-CPU with bf16 matrix units a 192 x 192 product runs in a fraction of a millisecond, so those casts, and convolution
-weights in the layout oneDNN does not want, cost about as much as the products themselves.
-
-:func:`cast_weights` swaps, for the duration of a block, every Linear's and Conv2d's weight and bias for a copy in
-the low-precision dtype (convolution weights channels-last, the layout oneDNN's bf16 kernels run fastest on). The
-copies are made once per model and dtype and kept until a parameter changes (a new tensor or an in-place update);
-parameters made under ``torch.inference_mode()`` have no version counter, so for them the copies are made once per
-block and not kept. The model enters the block once per image, around all its tiles.
-Autocast still runs around it and casts the activations exactly as before, so the numbers are autocast's own: the
-same rounding of the same weights, only not repeated.
+* Weights cast once (:func:`cast_weights`). Under ``torch.autocast`` every ``nn.Linear`` and ``nn.Conv2d`` call
+  casts its float32 weight and bias to the autocast dtype again (autocast only caches casts of weights that require
+  grad, and inference runs without). On a CPU with bf16 matrix units a 192 x 192 product runs in a fraction of a
+  millisecond, so those casts, and convolution weights in the layout oneDNN does not want, cost about as much as the
+  products themselves. :func:`cast_weights` swaps, for the duration of a block, every Linear's and Conv2d's weight
+  and bias for a copy in the low-precision dtype (convolution weights channels-last, the layout oneDNN's bf16
+  kernels run fastest on). The copies are made once per model and dtype and kept until a parameter changes (a new
+  tensor or an in-place update); parameters made under ``torch.inference_mode()`` have no version counter, so for
+  them the copies are made once per block and not kept. The model enters the block once per image, around all its
+  tiles. Autocast still runs around it and casts the activations exactly as before, so the numbers are autocast's
+  own: the same rounding of the same weights, only not repeated.
+* Fused products (:func:`linear`, :func:`linear_relu`, :func:`linear_gelu`) and a bf16 ReLU (:func:`relu_`).
+* Float32 residual streams where the official (CUDA) AMP keeps them (:func:`float_stream`, :func:`float_norm`).
+* The compiled CPU kernels for the work between the products (:func:`fused_glue` and below).
 """
 from __future__ import annotations
 
@@ -88,14 +90,17 @@ class ReLU(nn.Module):
         return relu_(x)
 
 
+def float_stream(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 when it is bf16/fp16 (an autocast product's output), to start a residual stream that must
+    not be rounded to the low precision after every block; a float32 or float64 ``x`` is returned unchanged."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
 def float_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``norm(x)`` computed and returned in float32 when ``x`` is bf16/fp16 (an autocast product's output), as CUDA
-    autocast runs every LayerNorm; CPU autocast would keep it in bf16, and with it the residual stream that starts
-    there (HAT-L's and SwinIR's token streams), rounded to bf16 after every block instead of kept in float32 as in
-    the official AMP. A float32 or float64 ``x`` goes through unchanged."""
-    if x.dtype in (torch.bfloat16, torch.float16):
-        x = x.float()
-    return norm(x)
+    """``norm(x)`` in float32 for a bf16/fp16 ``x``, as CUDA autocast runs every LayerNorm; CPU autocast would keep
+    it in bf16, and with it the residual stream that starts there (HAT-L's and SwinIR's token streams), rounded to
+    bf16 after every block instead of kept in float32 as in the official AMP."""
+    return norm(float_stream(x))
 
 
 def fused_linear_relu_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -138,7 +143,8 @@ def linear_gelu(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 # Fused glue between the products (bf16 on a CPU). The compiled module's CPU kernels (cuda/network_cpu.cpp) do in
 # one pass what PyTorch does in four or five: widen a bf16 branch and add it to the float32 residual stream, then
-# LayerNorm the stream and round it to bf16 for the next product; rotate bf16 q and k by RoPE in float32. The model
+# LayerNorm the stream and round it to bf16 for the next product; rotate bf16 q and k by RoPE in float32; window
+# attention (cuda/attention_cpu.cpp) with its scores and softmax in float32. The model
 # hands the module in for the duration of a bf16 forward (GSASRModel.precision, through fused_glue); everywhere
 # else, and where it was not built, the functions below run PyTorch's own operations.
 # ---------------------------------------------------------------------------------------------------------------
@@ -148,8 +154,9 @@ _glue: ContextVar[ModuleType | None] = ContextVar("gsasr_fused_glue", default=No
 
 @contextlib.contextmanager
 def fused_glue(kernels: ModuleType | None):
-    """Inside the block (in this thread), :func:`add_`, :func:`add_norm` and :func:`rope_` use ``kernels`` (the
-    compiled module, with ``residual_layer_norm`` and ``rope_``) where their inputs fit; None changes nothing."""
+    """Inside the block (in this thread), :func:`add_`, :func:`add_norm`, :func:`rope_` and
+    :func:`window_attention` use ``kernels`` (the compiled module, or what kernel_self_check.usable left of it) where
+    their inputs fit; None changes nothing."""
     token = _glue.set(kernels)
     try:
         yield
