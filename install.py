@@ -52,11 +52,13 @@ def main() -> int:
 
 
 def _network_kernels_state(module) -> str:
-    """Whether bf16 forwards on this CPU will use the module's network kernels (cuda/network_cpu.cpp,
-    attention_cpu.cpp): they need AVX-512 with bf16 conversions, and a compiler that knows them."""
-    if not module.network_kernels_vectorized():
-        return ("not used here: they need a CPU with AVX-512 and bf16 (Intel Cooper Lake, Sapphire Rapids and later, "
-                "AMD Zen 4/5) and GCC >= 10 or clang >= 9 to build them; PyTorch's operations run instead")
+    """Whether bf16 forwards on this machine will use the module's network kernels (cuda/network_cpu.cpp,
+    attention_cpu.cpp)."""
+    from gsasr.render import cpu_network_kernels_reason
+
+    reason = cpu_network_kernels_reason()
+    if reason is not None:
+        return f"not used here: {reason}; PyTorch's operations run instead"
     attention = "with" if module.attention_available() else "without"
     return f"in use for amp bf16 ({attention} the window attention kernel)"
 

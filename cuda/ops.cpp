@@ -1,5 +1,7 @@
-// Python entry points of the native rasteriser: input checks, then dispatch to the CPU or CUDA kernels by device.
-// Called only by gsasr/render/_native.py, which prepares the per-Gaussian parameters and the tile ranges.
+// Python entry points of the native module: the rasteriser (input checks, then dispatch to the CPU or CUDA kernels by
+// device; called only by gsasr/render/_native.py, which prepares the per-Gaussian parameters and the tile ranges)
+// and the networks' bf16 CPU kernels (network_cpu.cpp, attention_cpu.cpp; handed to the networks by
+// gsasr.render.cpu_network_kernels, called through gsasr/archs/low_precision.py).
 #include <torch/extension.h>
 
 #include <tuple>
@@ -193,7 +195,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> terms(con
 }  // namespace gsasr
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "GSASR native rasteriser (built by install.py; used through gsasr.render only)";
+  m.doc() = "GSASR native rasteriser and CPU network kernels (built by install.py; loaded by gsasr.render only)";
   m.def("has_cuda", &gsasr::has_cuda, "True when this build contains the CUDA kernels");
   m.def("boxes", &gsasr::boxes, "Per-Gaussian region-local pixel boxes [N, 4] int32 (x0, x1, y0, y1)");
   m.def("render", &gsasr::render, "Gather-render the region: [3, h, w] float32");

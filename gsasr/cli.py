@@ -243,15 +243,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def _cpu_kernels_line() -> str:
     """Whether bf16 forwards on this CPU use the compiled glue and attention kernels (archs/low_precision.py)."""
-    from .render import _compiled, cpu_network_kernels
+    from .render import cpu_network_kernels, cpu_network_kernels_reason
 
     kernels = cpu_network_kernels()
     if kernels is None:
-        module, reason = _compiled()
-        why = reason if module is None else (
-            "the native module was built before them; rerun `python install.py`"
-            if not hasattr(module, "network_kernels_vectorized") else "this CPU has no AVX-512 with bf16 conversions")
-        return f"PyTorch's operations ({why})"
+        return f"PyTorch's operations ({cpu_network_kernels_reason()})"
     from .archs import kernel_self_check
 
     attention = "window attention" if kernels.attention_available() else "no window attention (PyTorch's brgemm)"

@@ -67,14 +67,25 @@ def _compiled() -> tuple[ModuleType | None, str | None]:
     return _compiled_cache
 
 
+def cpu_network_kernels_reason() -> str | None:
+    """None when :func:`cpu_network_kernels` has kernels to hand out, else why not (and what to do)."""
+    module, reason = _compiled()
+    if module is None:
+        return reason
+    if not hasattr(module, "network_kernels_vectorized"):
+        return "the native module was built before them; rerun `python install.py`"
+    if not module.network_kernels_vectorized():
+        return ("they need a CPU with AVX-512 and bf16 (Intel Cooper Lake, Sapphire Rapids and later, AMD Zen 4/5) "
+                "and GCC >= 10 or clang >= 9 to build them")
+    return None
+
+
 def cpu_network_kernels() -> ModuleType | None:
-    """The compiled module when it carries the networks' fused CPU kernels (cuda/network_cpu.cpp) and this CPU runs
-    them vectorised, else None. Not rendering, but the same compiled module, so it is handed out from here, the one
-    place that loads it; the model passes it to its networks for bf16 forwards (archs/low_precision.fused_glue)."""
-    module, _ = _compiled()
-    if module is None or not hasattr(module, "network_kernels_vectorized"):
-        return None  # not built, or built before these kernels existed: PyTorch's own operations run instead
-    return module if module.network_kernels_vectorized() else None
+    """The compiled module when it carries the networks' bf16 CPU kernels (cuda/network_cpu.cpp, attention_cpu.cpp)
+    and this CPU runs them vectorised, else None (PyTorch's own operations run instead). Not rendering, but the same
+    compiled module, so it is handed out from here, the one place that loads it; the model passes it to its networks
+    for bf16 forwards (archs/low_precision.fused_glue)."""
+    return _compiled()[0] if cpu_network_kernels_reason() is None else None
 
 
 def available_backends() -> dict[str, str | None]:

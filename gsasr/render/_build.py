@@ -1,4 +1,5 @@
-"""The one build description of the native rasteriser (``cuda/``): sources, flags and build folder.
+"""The one build description of the native module (``cuda/``: the rasteriser and the networks' bf16 CPU kernels):
+sources, flags and build folder.
 
 Used by ``install.py`` (ahead-of-time build) and by :mod:`gsasr.render._native` (to find, or with
 ``GSASR_JIT=1`` build, the compiled module). Importing this file does nothing; :func:`build` compiles with

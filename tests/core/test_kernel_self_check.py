@@ -7,6 +7,7 @@ import logging
 import pytest
 import torch
 
+from gsasr import render
 from gsasr.archs import kernel_self_check
 
 
@@ -110,3 +111,28 @@ def test_checked_once_per_process(module):
         kernel_self_check.usable(counted)
     assert counted.calls == calls
     assert kernel_self_check.usable(None) is None
+
+
+class FakeModule:
+    def __init__(self, vectorized: bool | None):
+        if vectorized is not None:
+            self.network_kernels_vectorized = lambda: vectorized
+
+
+@pytest.mark.parametrize("compiled, reason", [
+    ((None, "not built for this test"), "not built for this test"),
+    ((FakeModule(None), None), "rerun `python install.py`"),
+    ((FakeModule(False), None), "AVX-512 and bf16"),
+])
+def test_kernels_are_handed_out_only_where_they_run(monkeypatch, compiled, reason):
+    """Not built, built before the kernels, or a CPU/compiler without the vectorised path: no kernels, and the
+    reason says which (python -m gsasr info and install.py print it)."""
+    monkeypatch.setattr(render, "_compiled_cache", compiled)
+    assert render.cpu_network_kernels() is None
+    assert reason in render.cpu_network_kernels_reason()
+
+
+def test_kernels_are_handed_out_where_they_run(monkeypatch):
+    module = FakeModule(True)
+    monkeypatch.setattr(render, "_compiled_cache", (module, None))
+    assert render.cpu_network_kernels() is module and render.cpu_network_kernels_reason() is None
